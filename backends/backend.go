@@ -160,6 +160,11 @@ type Content struct {
 	Empty      bool
 }
 
+// MaxKeyElementSize bounds the size of one <key> element's content. Honest
+// key elements are under 300 bytes; anything far larger is refused before
+// any parsing or cryptography.
+const MaxKeyElementSize = 4096
+
 // Errors shared by the backends. Each is wrapped with context; use errors.Is.
 var (
 	// ErrPurged means the backend's own key material was purged.

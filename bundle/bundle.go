@@ -37,6 +37,7 @@ import (
 	"io"
 	"strconv"
 
+	"mellium.im/omemo/internal/xmlutil"
 	"mellium.im/omemo/ns"
 	"mellium.im/xmlstream"
 )
@@ -189,10 +190,10 @@ func namesOf(namespace string) (names, bool) {
 // A pre key with a malformed key or id is skipped, and of pre keys sharing an
 // id only the first is kept.
 func Parse(r xml.TokenReader, start xml.StartElement) (*Bundle, error) {
-	return parse(&tokenStream{r: r}, start)
+	return parse(xmlutil.NewTokenStream(r), start)
 }
 
-func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
+func parse(s *xmlutil.TokenStream, start xml.StartElement) (*Bundle, error) {
 	n, ok := namesOf(start.Name.Space)
 	if !ok || start.Name.Local != "bundle" {
 		return nil, fmt.Errorf("%w: got %.64q in namespace %.64q", ErrWrongElement, start.Name.Local, start.Name.Space)
@@ -202,7 +203,7 @@ func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
 	var haveSPK, haveSPKS, haveIK bool
 	p := preKeyParser{seen: make(map[uint32]struct{})}
 	for {
-		tok, err := s.next()
+		tok, err := s.Next()
 		if err == io.EOF {
 			break
 		}
@@ -217,13 +218,13 @@ func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
 			continue
 		}
 		switch {
-		case isChild(child.Name, b.Namespace, n.spk):
+		case xmlutil.IsChild(child.Name, b.Namespace, n.spk):
 			if haveSPK {
 				return nil, fmt.Errorf("%w: %s", ErrDuplicateElement, n.spk)
 			}
 			haveSPK = true
-			v, present := attr(child, n.spkID)
-			if b.SignedPreKeyID, err = parseID(v, present); err != nil {
+			v, present := xmlutil.Attr(child, n.spkID)
+			if b.SignedPreKeyID, err = xmlutil.ParseID(v, present); err != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrInvalidID, n.spkID, err)
 			}
 			var bad error
@@ -232,7 +233,7 @@ func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
 			} else if bad != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrInvalidKey, n.spk, bad)
 			}
-		case isChild(child.Name, b.Namespace, n.spks):
+		case xmlutil.IsChild(child.Name, b.Namespace, n.spks):
 			if haveSPKS {
 				return nil, fmt.Errorf("%w: %s", ErrDuplicateElement, n.spks)
 			}
@@ -243,7 +244,7 @@ func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
 			} else if bad != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrInvalidSignature, n.spks, bad)
 			}
-		case isChild(child.Name, b.Namespace, n.ik):
+		case xmlutil.IsChild(child.Name, b.Namespace, n.ik):
 			if haveIK {
 				return nil, fmt.Errorf("%w: %s", ErrDuplicateElement, n.ik)
 			}
@@ -254,13 +255,13 @@ func parse(s *tokenStream, start xml.StartElement) (*Bundle, error) {
 			} else if bad != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrInvalidKey, n.ik, bad)
 			}
-		case isChild(child.Name, b.Namespace, n.prekeys):
+		case xmlutil.IsChild(child.Name, b.Namespace, n.prekeys):
 			// Several <prekeys> elements are merged.
 			if err := p.parse(s, b, n); err != nil {
 				return nil, err
 			}
 		default:
-			if err := s.skip(); err != nil {
+			if err := s.Skip(); err != nil {
 				return nil, fmt.Errorf("bundle: %w", err)
 			}
 		}
@@ -284,10 +285,10 @@ type preKeyParser struct {
 
 // parse consumes a <prekeys> element whose start has just been read and
 // appends its valid pre keys to b.
-func (p *preKeyParser) parse(s *tokenStream, b *Bundle, n names) error {
+func (p *preKeyParser) parse(s *xmlutil.TokenStream, b *Bundle, n names) error {
 	legacy := b.Namespace == ns.Legacy
 	for {
-		tok, err := s.next()
+		tok, err := s.Next()
 		if err == io.EOF {
 			return fmt.Errorf("bundle: %s: %w", n.prekeys, io.ErrUnexpectedEOF)
 		}
@@ -301,8 +302,8 @@ func (p *preKeyParser) parse(s *tokenStream, b *Bundle, n names) error {
 		if !ok {
 			continue
 		}
-		if !isChild(child.Name, b.Namespace, n.pk) {
-			if err := s.skip(); err != nil {
+		if !xmlutil.IsChild(child.Name, b.Namespace, n.pk) {
+			if err := s.Skip(); err != nil {
 				return fmt.Errorf("bundle: %w", err)
 			}
 			continue
@@ -311,8 +312,8 @@ func (p *preKeyParser) parse(s *tokenStream, b *Bundle, n names) error {
 		if p.count > MaxPreKeys {
 			return fmt.Errorf("%w: more than %d", ErrTooManyPreKeys, MaxPreKeys)
 		}
-		v, present := attr(child, n.pkID)
-		id, idErr := parseID(v, present)
+		v, present := xmlutil.Attr(child, n.pkID)
+		id, idErr := xmlutil.ParseID(v, present)
 		key, keyErr, err := readKey(s, legacy)
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
@@ -333,7 +334,7 @@ var errTooLong = errors.New("text too long")
 
 // readKey consumes a key element whose start has just been read.
 // bad reports malformed content; err reports errors of the token stream.
-func readKey(s *tokenStream, legacy bool) (key [32]byte, bad, err error) {
+func readKey(s *xmlutil.TokenStream, legacy bool) (key [32]byte, bad, err error) {
 	raw, bad, err := readBase64(s)
 	if bad != nil || err != nil {
 		return key, bad, err
@@ -352,7 +353,7 @@ func readKey(s *tokenStream, legacy bool) (key [32]byte, bad, err error) {
 
 // readSignature consumes a signature element whose start has just been read.
 // bad reports malformed content; err reports errors of the token stream.
-func readSignature(s *tokenStream) (sig [64]byte, bad, err error) {
+func readSignature(s *xmlutil.TokenStream) (sig [64]byte, bad, err error) {
 	raw, bad, err := readBase64(s)
 	if bad != nil || err != nil {
 		return sig, bad, err
@@ -366,15 +367,15 @@ func readSignature(s *tokenStream) (sig [64]byte, bad, err error) {
 
 // readBase64 consumes an element whose start has just been read and decodes
 // its text.
-func readBase64(s *tokenStream) (raw []byte, bad, err error) {
-	text, tooLong, err := s.text(maxKeyText)
+func readBase64(s *xmlutil.TokenStream) (raw []byte, bad, err error) {
+	text, tooLong, err := s.Text(maxKeyText)
 	switch {
 	case err != nil:
 		return nil, nil, err
 	case tooLong:
 		return nil, errTooLong, nil
 	}
-	raw, bad = decodeBase64(text)
+	raw, bad = xmlutil.DecodeBase64(text)
 	return raw, bad, nil
 }
 
@@ -382,22 +383,15 @@ func readBase64(s *tokenStream) (raw []byte, bad, err error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*Bundle, error) {
-	s := &tokenStream{r: r}
-	for {
-		tok, err := s.next()
-		if err == io.EOF {
-			return nil, fmt.Errorf("bundle: %w", io.ErrUnexpectedEOF)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("bundle: %w", err)
-		}
-		switch tok := tok.(type) {
-		case xml.StartElement:
-			return parse(s, tok)
-		case xml.EndElement:
-			return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-		}
+	s := xmlutil.NewTokenStream(r)
+	start, err := s.FirstStart()
+	switch {
+	case errors.Is(err, xmlutil.ErrEndElement):
+		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
+	case err != nil:
+		return nil, fmt.Errorf("bundle: %w", err)
 	}
+	return parse(s, start)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.

@@ -26,6 +26,7 @@ import (
 	"io"
 	"strconv"
 
+	"mellium.im/omemo/internal/xmlutil"
 	"mellium.im/omemo/ns"
 	"mellium.im/xmlstream"
 )
@@ -126,10 +127,10 @@ func elementName(namespace string) (xml.Name, bool) {
 // In the OMEMO 2 namespace a labelsig that is not valid base64, or that
 // accompanies no label, is dropped (the device is kept).
 func Parse(r xml.TokenReader, start xml.StartElement) (*List, error) {
-	return parse(&tokenStream{r: r}, start)
+	return parse(xmlutil.NewTokenStream(r), start)
 }
 
-func parse(s *tokenStream, start xml.StartElement) (*List, error) {
+func parse(s *xmlutil.TokenStream, start xml.StartElement) (*List, error) {
 	namespace := start.Name.Space
 	if want, ok := elementName(namespace); !ok || start.Name != want {
 		return nil, fmt.Errorf("%w: got %.64q in namespace %.64q", ErrWrongElement, start.Name.Local, start.Name.Space)
@@ -138,7 +139,7 @@ func parse(s *tokenStream, start xml.StartElement) (*List, error) {
 	seen := make(map[uint32]struct{})
 	count := 0
 	for {
-		tok, err := s.next()
+		tok, err := s.Next()
 		if err == io.EOF {
 			return l, nil
 		}
@@ -149,7 +150,7 @@ func parse(s *tokenStream, start xml.StartElement) (*List, error) {
 		case xml.EndElement:
 			return l, nil
 		case xml.StartElement:
-			isDevice := isChild(tok.Name, namespace, "device")
+			isDevice := xmlutil.IsChild(tok.Name, namespace, "device")
 			var d Device
 			if isDevice {
 				count++
@@ -160,7 +161,7 @@ func parse(s *tokenStream, start xml.StartElement) (*List, error) {
 					return nil, fmt.Errorf("%w: device %d: %w", ErrInvalidID, count, err)
 				}
 			}
-			if err := s.skip(); err != nil {
+			if err := s.Skip(); err != nil {
 				return nil, fmt.Errorf("devicelist: %w", err)
 			}
 			if _, dup := seen[d.ID]; !isDevice || dup {
@@ -175,8 +176,8 @@ func parse(s *tokenStream, start xml.StartElement) (*List, error) {
 // parseDevice reads the attributes of a <device> element.
 // The only error it returns is an invalid id.
 func parseDevice(start xml.StartElement, namespace string) (Device, error) {
-	v, present := attr(start, "id")
-	id, err := parseID(v, present)
+	v, present := xmlutil.Attr(start, "id")
+	id, err := xmlutil.ParseID(v, present)
 	if err != nil {
 		return Device{}, err
 	}
@@ -184,11 +185,11 @@ func parseDevice(start xml.StartElement, namespace string) (Device, error) {
 	if namespace != ns.OMEMO2 {
 		return d, nil
 	}
-	d.Label, _ = attr(start, "label")
-	if sig, ok := attr(start, "labelsig"); ok && d.Label != "" {
+	d.Label, _ = xmlutil.Attr(start, "label")
+	if sig, ok := xmlutil.Attr(start, "labelsig"); ok && d.Label != "" {
 		// A signature that cannot be decoded is dropped; the caller then
 		// treats the label as unsigned.
-		if b, err := decodeBase64([]byte(sig)); err == nil && len(b) > 0 {
+		if b, err := xmlutil.DecodeBase64([]byte(sig)); err == nil && len(b) > 0 {
 			d.LabelSignature = b
 		}
 	}
@@ -199,22 +200,15 @@ func parseDevice(start xml.StartElement, namespace string) (Device, error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*List, error) {
-	s := &tokenStream{r: r}
-	for {
-		tok, err := s.next()
-		if err == io.EOF {
-			return nil, fmt.Errorf("devicelist: %w", io.ErrUnexpectedEOF)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("devicelist: %w", err)
-		}
-		switch tok := tok.(type) {
-		case xml.StartElement:
-			return parse(s, tok)
-		case xml.EndElement:
-			return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-		}
+	s := xmlutil.NewTokenStream(r)
+	start, err := s.FirstStart()
+	switch {
+	case errors.Is(err, xmlutil.ErrEndElement):
+		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
+	case err != nil:
+		return nil, fmt.Errorf("devicelist: %w", err)
 	}
+	return parse(s, start)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.
@@ -240,13 +234,13 @@ func (l List) validate() error {
 	seen := make(map[uint32]struct{}, len(l.Devices))
 	for i, d := range l.Devices {
 		if d.ID == 0 {
-			return fmt.Errorf("%w: device %d: %w", ErrInvalidID, i+1, errIDZero)
+			return fmt.Errorf("%w: device %d: %w", ErrInvalidID, i+1, xmlutil.ErrIDZero)
 		}
 		if _, dup := seen[d.ID]; dup {
 			return fmt.Errorf("%w: %d", ErrDuplicateID, d.ID)
 		}
 		seen[d.ID] = struct{}{}
-		if l.Namespace == ns.OMEMO2 && !validXMLString(d.Label) {
+		if l.Namespace == ns.OMEMO2 && !xmlutil.ValidString(d.Label) {
 			return fmt.Errorf("%w: device %d", ErrInvalidLabel, d.ID)
 		}
 	}

@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 
+	"mellium.im/omemo/internal/xmlutil"
 	"mellium.im/omemo/ns"
 	"mellium.im/xmlstream"
 )
@@ -160,7 +161,7 @@ func (e *Encrypted) KeysFor(jid string, rid uint32) []Key {
 
 // parser holds the state of one Parse call.
 type parser struct {
-	s     *tokenStream
+	s     *xmlutil.TokenStream
 	e     *Encrypted
 	keys  int // <key> elements seen
 	total int // canonical base64 length of the blobs seen
@@ -181,10 +182,10 @@ type parser struct {
 // missing or malformed legacy IV, and exceeding a size limit are errors.
 // Unknown attributes and elements are ignored; <payload> may be absent.
 func Parse(r xml.TokenReader, start xml.StartElement) (*Encrypted, error) {
-	return parse(&tokenStream{r: r}, start)
+	return parse(xmlutil.NewTokenStream(r), start)
 }
 
-func parse(s *tokenStream, start xml.StartElement) (*Encrypted, error) {
+func parse(s *xmlutil.TokenStream, start xml.StartElement) (*Encrypted, error) {
 	namespace, ok := Is(start)
 	if !ok {
 		return nil, fmt.Errorf("%w: got %.64q in namespace %.64q", ErrWrongElement, start.Name.Local, start.Name.Space)
@@ -202,7 +203,7 @@ func parse(s *tokenStream, start xml.StartElement) (*Encrypted, error) {
 // f must consume the child completely.
 func (p *parser) children(outermost bool, f func(xml.StartElement) error) error {
 	for {
-		tok, err := p.s.next()
+		tok, err := p.s.Next()
 		if err == io.EOF {
 			if outermost {
 				return nil
@@ -224,7 +225,7 @@ func (p *parser) children(outermost bool, f func(xml.StartElement) error) error 
 }
 
 func (p *parser) skip() error {
-	if err := p.s.skip(); err != nil {
+	if err := p.s.Skip(); err != nil {
 		return fmt.Errorf("encrypted: %w", err)
 	}
 	return nil
@@ -235,13 +236,13 @@ func (p *parser) encrypted() error {
 	var haveHeader, havePayload bool
 	err := p.children(true, func(child xml.StartElement) error {
 		switch {
-		case isChild(child.Name, e.Namespace, "header"):
+		case xmlutil.IsChild(child.Name, e.Namespace, "header"):
 			if haveHeader {
 				return fmt.Errorf("%w: header", ErrDuplicateElement)
 			}
 			haveHeader = true
 			return p.header(child)
-		case isChild(child.Name, e.Namespace, "payload"):
+		case xmlutil.IsChild(child.Name, e.Namespace, "payload"):
 			if havePayload {
 				return fmt.Errorf("%w: payload", ErrDuplicateElement)
 			}
@@ -281,8 +282,8 @@ func (p *parser) encrypted() error {
 
 func (p *parser) header(start xml.StartElement) error {
 	e := p.e
-	v, present := attr(start, "sid")
-	sid, err := parseID(v, present)
+	v, present := xmlutil.Attr(start, "sid")
+	sid, err := xmlutil.ParseID(v, present)
 	if err != nil {
 		return fmt.Errorf("%w: sid: %w", ErrInvalidID, err)
 	}
@@ -290,20 +291,20 @@ func (p *parser) header(start xml.StartElement) error {
 	haveIV := false
 	return p.children(false, func(child xml.StartElement) error {
 		switch {
-		case e.Namespace == ns.OMEMO2 && isChild(child.Name, e.Namespace, "keys"):
-			jid, _ := attr(child, "jid")
+		case e.Namespace == ns.OMEMO2 && xmlutil.IsChild(child.Name, e.Namespace, "keys"):
+			jid, _ := xmlutil.Attr(child, "jid")
 			if jid == "" {
 				return fmt.Errorf("%w: keys without jid", ErrInvalidJID)
 			}
 			return p.children(false, func(key xml.StartElement) error {
-				if !isChild(key.Name, e.Namespace, "key") {
+				if !xmlutil.IsChild(key.Name, e.Namespace, "key") {
 					return p.skip()
 				}
 				return p.key(key, jid, "kex")
 			})
-		case e.Namespace == ns.Legacy && isChild(child.Name, e.Namespace, "key"):
+		case e.Namespace == ns.Legacy && xmlutil.IsChild(child.Name, e.Namespace, "key"):
 			return p.key(child, "", "prekey")
-		case e.Namespace == ns.Legacy && isChild(child.Name, e.Namespace, "iv"):
+		case e.Namespace == ns.Legacy && xmlutil.IsChild(child.Name, e.Namespace, "iv"):
 			if haveIV {
 				return fmt.Errorf("%w: iv", ErrDuplicateElement)
 			}
@@ -322,13 +323,13 @@ func (p *parser) key(start xml.StartElement, jid, boolAttr string) error {
 	if p.keys > MaxKeys {
 		return fmt.Errorf("%w: more than %d keys", ErrTooLarge, MaxKeys)
 	}
-	v, present := attr(start, "rid")
-	rid, err := parseID(v, present)
+	v, present := xmlutil.Attr(start, "rid")
+	rid, err := xmlutil.ParseID(v, present)
 	if err != nil {
 		return fmt.Errorf("%w: key %d: rid: %w", ErrInvalidID, p.keys, err)
 	}
 	k := Key{JID: jid, RID: rid}
-	if v, present := attr(start, boolAttr); present {
+	if v, present := xmlutil.Attr(start, boolAttr); present {
 		if k.KeyExchange, err = parseBool(v); err != nil {
 			return fmt.Errorf("%w: key %d: %s: %w", ErrInvalidBool, p.keys, boolAttr, err)
 		}
@@ -354,14 +355,14 @@ func (p *parser) key(start xml.StartElement, jid, boolAttr string) error {
 // base64 length, which is what validate applies when encoding, so that
 // everything Parse accepts can be encoded again.
 func (p *parser) blob(name string) ([]byte, error) {
-	text, tooLong, err := p.s.text(MaxBlobSize)
+	text, tooLong, err := p.s.Text(MaxBlobSize)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("encrypted: %w", err)
 	case tooLong:
 		return nil, fmt.Errorf("%w: %s longer than %d characters", ErrTooLarge, name, MaxBlobSize)
 	}
-	raw, err := decodeBase64(text)
+	raw, err := xmlutil.DecodeBase64(text)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidBase64, name, err)
 	}
@@ -379,7 +380,7 @@ var errNotBool = errors.New("not true, 1, false or 0")
 // ignored; any other deviation is an error (python-twomemo and
 // python-oldmemo 1.0.3 read every value, "false" included, as true).
 func parseBool(s string) (bool, error) {
-	switch strings.Trim(s, xmlSpace) {
+	switch strings.Trim(s, xmlutil.Space) {
 	case "true", "1":
 		return true, nil
 	case "false", "0":
@@ -393,22 +394,15 @@ func parseBool(s string) (bool, error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*Encrypted, error) {
-	s := &tokenStream{r: r}
-	for {
-		tok, err := s.next()
-		if err == io.EOF {
-			return nil, fmt.Errorf("encrypted: %w", io.ErrUnexpectedEOF)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("encrypted: %w", err)
-		}
-		switch tok := tok.(type) {
-		case xml.StartElement:
-			return parse(s, tok)
-		case xml.EndElement:
-			return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-		}
+	s := xmlutil.NewTokenStream(r)
+	start, err := s.FirstStart()
+	switch {
+	case errors.Is(err, xmlutil.ErrEndElement):
+		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
+	case err != nil:
+		return nil, fmt.Errorf("encrypted: %w", err)
 	}
+	return parse(s, start)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.
@@ -430,7 +424,7 @@ func (e Encrypted) validate() error {
 		return ErrUnknownNamespace
 	}
 	if e.SID == 0 {
-		return fmt.Errorf("%w: sid: %w", ErrInvalidID, errIDZero)
+		return fmt.Errorf("%w: sid: %w", ErrInvalidID, xmlutil.ErrIDZero)
 	}
 	if len(e.Keys) > MaxKeys {
 		return fmt.Errorf("%w: %d keys > %d", ErrTooLarge, len(e.Keys), MaxKeys)
@@ -446,9 +440,9 @@ func (e Encrypted) validate() error {
 	}
 	for i, k := range e.Keys {
 		if k.RID == 0 {
-			return fmt.Errorf("%w: key %d: rid: %w", ErrInvalidID, i+1, errIDZero)
+			return fmt.Errorf("%w: key %d: rid: %w", ErrInvalidID, i+1, xmlutil.ErrIDZero)
 		}
-		if e.Namespace == ns.OMEMO2 && (k.JID == "" || !validXMLString(k.JID)) {
+		if e.Namespace == ns.OMEMO2 && (k.JID == "" || !xmlutil.ValidString(k.JID)) {
 			return fmt.Errorf("%w: key %d", ErrInvalidJID, i+1)
 		}
 		if err := add("key", k.Data); err != nil {

@@ -60,12 +60,9 @@ func decodeKey(b []byte) ([32]byte, error) {
 }
 
 // encodeIdentity encodes an Ed25519 identity key in its Curve25519 form.
-// The key was validated when it entered (bundle or key exchange), so a
-// conversion failure can only mean a corrupted state and yields a key that
-// no peer accepts.
+// X3DH only encodes keys it validated (the peer's) or derived (our own).
 func encodeIdentity(ed [32]byte) []byte {
-	c, _ := xeddsa.Ed25519ToCurve25519(ed)
-	return encodeKey(c)
+	return encodeKey(xeddsa.Ed25519ToCurve25519Trusted(ed))
 }
 
 // X3DHConfig is the X3DH profile of legacy OMEMO.
@@ -178,6 +175,9 @@ func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bund
 // ParseKeyExchange implements backends.Backend. The legacy format sends the
 // identity key in Curve25519 form only; signBit restores its Ed25519 form.
 func (b *Backend) ParseKeyExchange(data []byte, signBit bool) (backends.KeyExchange, []byte, error) {
+	if len(data) > backends.MaxKeyElementSize {
+		return backends.KeyExchange{}, nil, fmt.Errorf("%w: key exchange of %d bytes", backends.ErrMalformed, len(data))
+	}
 	if len(data) == 0 {
 		return backends.KeyExchange{}, nil, fmt.Errorf("%w: empty key exchange", backends.ErrMalformed)
 	}
@@ -258,10 +258,7 @@ func (b *Backend) EncryptKeyMaterial(s backends.Session, keyMaterial []byte) (ba
 	ke := backends.KeyElement{JID: cs.PeerJID, DeviceID: cs.Device, Data: data}
 	if cs.Init == backends.Active && !cs.IsConfirmed {
 		k := cs.Kex
-		ik, err := xeddsa.Ed25519ToCurve25519(k.IdentityKey)
-		if err != nil {
-			return backends.KeyElement{}, fmt.Errorf("%w: own identity key: %w", backends.ErrInvalidKey, err)
-		}
+		ik := xeddsa.Ed25519ToCurve25519Trusted(k.IdentityKey) // our own key
 		kex := make([]byte, 1, len(data)+96)
 		kex[0] = version
 		ke.KeyExchange = true
@@ -275,6 +272,9 @@ func (b *Backend) DecryptKeyMaterial(s backends.Session, message []byte) ([]byte
 	cs, err := b.session(s)
 	if err != nil {
 		return nil, err
+	}
+	if len(message) > backends.MaxKeyElementSize {
+		return nil, fmt.Errorf("%w: message of %d bytes", backends.ErrMalformed, len(message))
 	}
 	if len(message) < 1+macLength {
 		return nil, fmt.Errorf("%w: message too short", backends.ErrMalformed)

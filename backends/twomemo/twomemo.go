@@ -102,7 +102,7 @@ func (b *Backend) BundleIdentityKey(bb bundle.Bundle) ([32]byte, error) {
 		return [32]byte{}, fmt.Errorf("%w: bundle of namespace %q", backends.ErrMalformed, bb.Namespace)
 	}
 	if _, err := xeddsa.Ed25519ToCurve25519(bb.IdentityKey); err != nil {
-		return [32]byte{}, fmt.Errorf("%w: identity key: %w", backends.ErrKeyExchange, err)
+		return [32]byte{}, fmt.Errorf("%w: %w: identity key: %w", backends.ErrKeyExchange, backends.ErrInvalidKey, err)
 	}
 	return bb.IdentityKey, nil
 }
@@ -123,9 +123,10 @@ func toX3DH(bb bundle.Bundle) *x3dh.Bundle {
 
 // BuildSessionActive implements backends.Backend.
 func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bundle, keyMaterial []byte) (backends.Session, backends.KeyElement, error) {
-	if _, err := b.BundleIdentityKey(bb); err != nil {
-		return nil, backends.KeyElement{}, err
+	if bb.Namespace != Namespace {
+		return nil, backends.KeyElement{}, fmt.Errorf("%w: bundle of namespace %q", backends.ErrMalformed, bb.Namespace)
 	}
+	// X3DH validates the identity key while converting it.
 	s, err := backendcore.BuildActive(b.Keys, Namespace, &b.dr, toX3DH(bb), jid, deviceID)
 	if err != nil {
 		return nil, backends.KeyElement{}, err
@@ -140,6 +141,9 @@ func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bund
 // ParseKeyExchange implements backends.Backend. signBit is not needed: OMEMO 2
 // transmits the identity key in Ed25519 form.
 func (b *Backend) ParseKeyExchange(data []byte, _ bool) (backends.KeyExchange, []byte, error) {
+	if len(data) > backends.MaxKeyElementSize {
+		return backends.KeyExchange{}, nil, fmt.Errorf("%w: key exchange of %d bytes", backends.ErrMalformed, len(data))
+	}
 	pk, spk, ik, ek, mac, msg, err := twomemopb.ParseOMEMOKeyExchange(data)
 	if err != nil {
 		return backends.KeyExchange{}, nil, fmt.Errorf("%w: key exchange: %w", backends.ErrMalformed, err)
@@ -206,6 +210,9 @@ func (b *Backend) DecryptKeyMaterial(s backends.Session, message []byte) ([]byte
 	cs, err := b.session(s)
 	if err != nil {
 		return nil, err
+	}
+	if len(message) > backends.MaxKeyElementSize {
+		return nil, fmt.Errorf("%w: message of %d bytes", backends.ErrMalformed, len(message))
 	}
 	mac, msg, err := twomemopb.ParseOMEMOAuthenticatedMessage(message)
 	if err != nil {

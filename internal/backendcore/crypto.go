@@ -4,28 +4,24 @@ package backendcore
 
 import (
 	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 
 	"mellium.im/omemo/backends"
+	"mellium.im/omemo/internal/kdf"
 )
-
-var zeroSalt [32]byte
 
 // DeriveAEADKeys expands a message or payload key into an AES-256 key, an
 // HMAC-SHA-256 key and a 16-byte IV: HKDF-SHA-256(ikm, salt = 32 zero
 // bytes, info, 80) split 32/32/16, as both OMEMO versions do.
 func DeriveAEADKeys(ikm []byte, info string) (encKey, authKey [32]byte, iv [16]byte) {
-	// hkdf.Key only fails for lengths beyond 255*32.
-	out, _ := hkdf.Key(sha256.New, ikm, zeroSalt[:], info, 80)
+	var out [80]byte
+	var infoBuf [32]byte
+	kdf.Key(out[:], ikm, nil, append(infoBuf[:0], info...))
 	copy(encKey[:], out[0:32])
 	copy(authKey[:], out[32:64])
 	copy(iv[:], out[64:80])
-	clear(out)
+	clear(out[:])
 	return encKey, authKey, iv
 }
 
@@ -33,14 +29,20 @@ func DeriveAEADKeys(ikm []byte, info string) (encKey, authKey [32]byte, iv [16]b
 func CBCEncrypt(dst []byte, key [32]byte, iv [16]byte, plaintext []byte) []byte {
 	block, _ := aes.NewCipher(key[:]) // a 32-byte key cannot fail
 	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
-	n := len(plaintext) + pad
 	start := len(dst)
 	dst = append(dst, plaintext...)
 	for range pad {
 		dst = append(dst, byte(pad))
 	}
-	out := dst[start : start+n]
-	cipher.NewCBCEncrypter(block, iv[:]).CryptBlocks(out, out)
+	// CBC written out over the block cipher: it saves the allocation of a
+	// cipher.BlockMode for the few blocks of key material.
+	prev := iv[:]
+	for i := start; i < len(dst); i += aes.BlockSize {
+		b := dst[i : i+aes.BlockSize]
+		subtle.XORBytes(b, b, prev)
+		block.Encrypt(b, b)
+		prev = b
+	}
 	return dst
 }
 
@@ -53,7 +55,13 @@ func CBCDecrypt(key [32]byte, iv [16]byte, ciphertext []byte) ([]byte, error) {
 	}
 	block, _ := aes.NewCipher(key[:])
 	out := make([]byte, len(ciphertext))
-	cipher.NewCBCDecrypter(block, iv[:]).CryptBlocks(out, ciphertext)
+	prev := iv[:]
+	for i := 0; i < len(ciphertext); i += aes.BlockSize {
+		c := ciphertext[i : i+aes.BlockSize]
+		block.Decrypt(out[i:i+aes.BlockSize], c)
+		subtle.XORBytes(out[i:i+aes.BlockSize], out[i:i+aes.BlockSize], prev)
+		prev = c
+	}
 	pad := int(out[len(out)-1])
 	if pad == 0 || pad > aes.BlockSize {
 		return nil, fmt.Errorf("%w: bad padding", backends.ErrDecryption)
@@ -70,17 +78,12 @@ func CBCDecrypt(key [32]byte, iv [16]byte, ciphertext []byte) ([]byte, error) {
 
 // MAC computes HMAC-SHA-256(key, parts...) truncated to n bytes, appended to dst.
 func MAC(dst []byte, key [32]byte, n int, parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, key[:])
-	for _, p := range parts {
-		m.Write(p)
-	}
-	var sum [sha256.Size]byte
-	return append(dst, m.Sum(sum[:0])[:n]...)
+	sum := kdf.HMAC(key[:], parts...)
+	return append(dst, sum[:n]...)
 }
 
 // VerifyMAC checks a truncated HMAC in constant time.
 func VerifyMAC(key [32]byte, tag []byte, parts ...[]byte) bool {
-	var buf [sha256.Size]byte
-	want := MAC(buf[:0], key, len(tag), parts...)
-	return len(tag) > 0 && subtle.ConstantTimeCompare(want, tag) == 1
+	sum := kdf.HMAC(key[:], parts...)
+	return len(tag) > 0 && len(tag) <= len(sum) && subtle.ConstantTimeCompare(sum[:len(tag)], tag) == 1
 }

@@ -189,10 +189,16 @@ func checkBundle(cfg *Config, b *Bundle) ([32]byte, error) {
 	if len(b.PreKeys) == 0 {
 		return [32]byte{}, ErrNoPreKey
 	}
+	// The identity key is validated (and converted) first, so that an
+	// invalid key is reported as such rather than as a bad signature.
+	ik, err := identityCurve(b.IdentityKey)
+	if err != nil {
+		return [32]byte{}, err
+	}
 	if !xeddsa.Verify(b.IdentityKey, cfg.EncodePublicKey(b.SignedPreKey), b.SignedPreKeySignature) {
 		return [32]byte{}, ErrBadSignature
 	}
-	return identityCurve(b.IdentityKey)
+	return ik, nil
 }
 
 // Active performs the initiator side of X3DH against the bundle b. It fails

@@ -657,9 +657,9 @@ func TestActiveErrors(t *testing.T) {
 		{"bad sig before low-order spk", cfg, func() *Bundle { b := good; b.SignedPreKey = lowOrder; return &b }(), []error{ErrBadSignature}},
 		{"small-order identity", cfg, func() *Bundle {
 			b := good
-			b.IdentityKey = [32]byte{1} // identity point
+			b.IdentityKey = [32]byte{1} // identity point: rejected before the signature check
 			return &b
-		}(), []error{ErrBadSignature}},
+		}(), []error{ErrInvalidKey, xeddsa.ErrSmallOrder}},
 		{"low-order spk", cfg, func() *Bundle { b := good; b.SignedPreKey = lowOrder; b = signed(b); return &b }(), []error{xeddsa.ErrZeroSharedSecret}},
 		{"low-order pre key", cfg, func() *Bundle {
 			b := good

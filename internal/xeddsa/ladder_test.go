@@ -42,3 +42,21 @@ func BenchmarkCurve25519PubFromPriv(b *testing.B) {
 		Curve25519PubFromPriv(priv)
 	}
 }
+
+func TestEd25519ToCurve25519Trusted(t *testing.T) {
+	for range 100 {
+		var seed [32]byte
+		rand.Read(seed[:])
+		ed := Ed25519PubFromSeed(seed)
+		want, err := Ed25519ToCurve25519(ed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Ed25519ToCurve25519Trusted(ed); got != want {
+			t.Fatalf("trusted conversion of %x = %x, want %x", ed, got, want)
+		}
+	}
+	// Garbage in: no panic.
+	Ed25519ToCurve25519Trusted([32]byte{0xff, 0xff})
+	Ed25519ToCurve25519Trusted([32]byte{1})
+}

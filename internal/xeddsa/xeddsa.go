@@ -197,6 +197,27 @@ func Ed25519ToCurve25519(ed [32]byte) ([32]byte, error) {
 	return out, nil
 }
 
+// Ed25519ToCurve25519Trusted converts an Ed25519 public key that was
+// already validated by Ed25519ToCurve25519 (or derived from a private key)
+// into its Curve25519 form, skipping the costly subgroup check. On a key
+// that was never validated the result is meaningless but harmless: it never
+// fails and never panics.
+func Ed25519ToCurve25519Trusted(ed [32]byte) [32]byte {
+	var out [32]byte
+	ed[31] &= 0x7f
+	var y, one, num, den field.Element
+	if _, err := y.SetBytes(ed[:]); err != nil {
+		return out
+	}
+	one.One()
+	num.Add(&one, &y)
+	den.Subtract(&one, &y)
+	den.Invert(&den)
+	num.Multiply(&num, &den)
+	copy(out[:], num.Bytes())
+	return out
+}
+
 // Curve25519ToEd25519 converts a Curve25519 public key u into an Ed25519
 // public key, y = (u-1)/(u+1), with the sign bit (bit 255) set to signBit.
 // The most significant bit of u is ignored and non-canonical u are reduced,
