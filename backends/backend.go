@@ -209,3 +209,12 @@ var (
 	// the per-message limit allows (a counter jump).
 	ErrTooManySkipped = errors.New("omemo: too many skipped messages")
 )
+
+// Factory creates a backend of one namespace for an identity, from stored
+// own key material (empty for fresh keys). The SessionManager takes a list
+// of factories in priority order, because the identity is only known once
+// the state was loaded.
+type Factory struct {
+	Namespace string
+	New       func(id *IdentityKeyPair, keys []byte, opts *Options) (Backend, error)
+}

@@ -378,3 +378,11 @@ func (b *Backend) DecryptPlaintext(c backends.Content, keyMaterial []byte) ([]by
 	}
 	return pt, nil
 }
+
+// Factory creates legacy OMEMO backends for the session manager.
+var Factory = backends.Factory{
+	Namespace: Namespace,
+	New: func(id *backends.IdentityKeyPair, keys []byte, opts *backends.Options) (backends.Backend, error) {
+		return New(id, keys, opts)
+	},
+}

@@ -284,3 +284,11 @@ func (b *Backend) DecryptPlaintext(c backends.Content, keyMaterial []byte) ([]by
 	}
 	return backendcore.CBCDecrypt(enc, iv, c.Ciphertext)
 }
+
+// Factory creates OMEMO 2 backends for the session manager.
+var Factory = backends.Factory{
+	Namespace: Namespace,
+	New: func(id *backends.IdentityKeyPair, keys []byte, opts *backends.Options) (backends.Backend, error) {
+		return New(id, keys, opts)
+	},
+}

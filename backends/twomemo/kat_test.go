@@ -1,0 +1,29 @@
+package twomemo_test
+
+import (
+	"testing"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/backends/twomemo"
+	"mellium.im/omemo/internal/vectors/omemokat"
+)
+
+// The tests in this file replay testdata/vectors/twomemo.json, produced by
+// python-twomemo 1.0.3 over python-x3dh and python-doubleratchet (see
+// testdata/vectors/README.md), and compare every value byte for byte.
+
+var profile = omemokat.Profile{
+	File:           "twomemo.json",
+	Namespace:      twomemo.Namespace,
+	X3DH:           twomemo.X3DHConfig,
+	RootInfo:       "OMEMO Root Chain",
+	MessageKeyInfo: "OMEMO Message Key Material",
+	New: func(id *backends.IdentityKeyPair, keys []byte, opts *backends.Options) (backends.Backend, error) {
+		return twomemo.New(id, keys, opts)
+	},
+}
+
+func TestReferenceX3DH(t *testing.T)         { omemokat.TestX3DH(t, profile) }
+func TestReferenceSignedPreKey(t *testing.T) { omemokat.TestSignedPreKey(t, profile) }
+func TestReferenceBundle(t *testing.T)       { omemokat.TestBundle(t, profile) }
+func TestReferenceConversation(t *testing.T) { omemokat.TestConversation(t, profile) }
