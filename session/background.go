@@ -1,0 +1,245 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"mellium.im/omemo/store"
+)
+
+// maxPending bounds the background queue; beyond it new work is dropped
+// and reported, so a flood of key exchanges cannot grow memory without
+// bound.
+const maxPending = 10000
+
+// worker runs follow-up network work (bundle uploads, empty messages) one
+// task at a time, off the caller's goroutine. Tasks with the same key are
+// coalesced while pending.
+type worker struct {
+	ctx     context.Context
+	onError func(error)
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending []string
+	tasks   map[string]func(context.Context) error
+	busy    bool
+	closed  bool
+	done    chan struct{}
+}
+
+func newWorker(ctx context.Context, onError func(error)) *worker {
+	w := &worker{ctx: ctx, onError: onError, tasks: map[string]func(context.Context) error{}, done: make(chan struct{})}
+	w.cond = sync.NewCond(&w.mu)
+	go w.run()
+	return w
+}
+
+func (w *worker) enqueue(key string, f func(context.Context) error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	if _, ok := w.tasks[key]; ok {
+		w.tasks[key] = f
+		return
+	}
+	if len(w.pending) >= maxPending {
+		w.onError(fmt.Errorf("omemo: background queue full, dropped %s", key))
+		return
+	}
+	w.pending = append(w.pending, key)
+	w.tasks[key] = f
+	w.cond.Broadcast()
+}
+
+func (w *worker) run() {
+	defer close(w.done)
+	for {
+		w.mu.Lock()
+		for len(w.pending) == 0 && !w.closed {
+			w.cond.Wait()
+		}
+		if w.closed {
+			w.mu.Unlock()
+			return
+		}
+		key := w.pending[0]
+		w.pending = w.pending[1:]
+		f := w.tasks[key]
+		delete(w.tasks, key)
+		w.busy = true
+		w.mu.Unlock()
+
+		if err := f(w.ctx); err != nil && w.ctx.Err() == nil {
+			w.onError(err)
+		}
+
+		w.mu.Lock()
+		w.busy = false
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	}
+}
+
+// idle waits until no work is pending or running, or ctx is done.
+func (w *worker) idle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	})
+	defer stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for (len(w.pending) > 0 || w.busy) && !w.closed {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		w.cond.Wait()
+	}
+	return nil
+}
+
+func (w *worker) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	<-w.done
+}
+
+// Flush waits until the background work queued so far (bundle uploads,
+// empty messages) is done.
+func (m *Manager) Flush(ctx context.Context) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	return m.work.idle(ctx)
+}
+
+// rotateLoop rotates signed pre keys when they are due and republishes the
+// bundle, retrying failed uploads after 60 s, doubling up to an hour.
+func (m *Manager) rotateLoop(ctx context.Context) {
+	defer close(m.done)
+	retry := time.Minute
+	for {
+		next, err := m.RotateSignedPreKeys(ctx)
+		wait := next
+		if err != nil {
+			m.cfg.OnError(err)
+			wait = retry
+			retry = min(2*retry, time.Hour)
+		} else {
+			retry = time.Minute
+			// Wake up a little after the due time, and at least hourly so
+			// that a clock change is noticed.
+			wait = min(next+time.Minute, time.Hour)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RotateSignedPreKeys rotates the signed pre key of every backend whose key
+// is older than the rotation period, republishes the bundle, and returns
+// the time until the next rotation is due. The previous signed pre key is
+// kept for one more period.
+func (m *Manager) RotateSignedPreKeys(ctx context.Context) (time.Duration, error) {
+	if err := m.check(); err != nil {
+		return 0, err
+	}
+	next := m.cfg.SignedPreKeyRotation
+	var rotated []string
+	err := m.update(ctx, func(tx store.Tx) error {
+		rotated = rotated[:0]
+		next = m.cfg.SignedPreKeyRotation
+		for _, ns := range m.order {
+			be := m.backends[ns]
+			left := m.cfg.SignedPreKeyRotation - be.SignedPreKeyAge()
+			if left >= 0 {
+				next = min(next, left)
+				continue
+			}
+			if err := be.RotateSignedPreKey(); err != nil {
+				return err
+			}
+			if err := putKeys(tx, be); err != nil {
+				return err
+			}
+			rotated = append(rotated, ns)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, storageErr(err)
+	}
+	for _, ns := range rotated {
+		if err := m.uploadBundle(ctx, ns); err != nil {
+			return 0, err
+		}
+	}
+	return next, nil
+}
+
+// BeforeHistorySync enters history synchronisation mode, for the catch-up
+// on missed messages after login: used pre keys are hidden rather than
+// deleted (late key exchanges from the archive still complete), and empty
+// replies are queued, one per device, instead of being sent.
+func (m *Manager) BeforeHistorySync() { m.syncing.Store(true) }
+
+// InHistorySync reports whether history synchronisation mode is on.
+func (m *Manager) InHistorySync() bool { return m.syncing.Load() }
+
+// AfterHistorySync leaves history synchronisation mode: it deletes the
+// hidden pre keys and sends the queued empty messages.
+func (m *Manager) AfterHistorySync(ctx context.Context) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	m.syncing.Store(false)
+	type queued struct {
+		ns, jid string
+		dev     uint32
+	}
+	var q []queued
+	err := m.update(ctx, func(tx store.Tx) error {
+		q = q[:0]
+		for _, be := range m.backends {
+			if be.DeleteHiddenPreKeys() > 0 {
+				if err := putKeys(tx, be); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Scan(prefixQueue, func(key string, _ []byte) error {
+			ns, jid, dev, ok := parseQueueKey(key)
+			if ok {
+				q = append(q, queued{ns, jid, dev})
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return storageErr(err)
+	}
+	var errs []error
+	for _, e := range q {
+		// Each entry leaves the queue in the transaction that sends it.
+		if err := m.sendEmptyLocked(ctx, e.ns, e.jid, e.dev, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("omemo: sending queued empty messages: %w", errs[0])
+	}
+	return nil
+}

@@ -1,0 +1,266 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/encrypted"
+	"mellium.im/omemo/store"
+	"mellium.im/omemo/trust"
+)
+
+// Decrypted is a decrypted message.
+type Decrypted struct {
+	// Plaintext is nil for empty (key transport) messages.
+	Plaintext []byte
+	Empty     bool
+	Namespace string
+	// Sender is the sending device. Its Level is Undecided for senders
+	// nobody decided on yet: the message is decrypted, and the application
+	// should show that it comes from an unverified device.
+	Sender DeviceInfo
+	// KeyExchange reports that the message started (or repeated the start
+	// of) a session.
+	KeyExchange bool
+}
+
+// Decrypt decrypts a message that from (a bare JID) sent. It rejects
+// messages without a key for this device (ErrMessageNotForUs), from unknown
+// devices (ErrSenderNotFound, after one device list refresh) and from
+// distrusted ones (ErrSenderDistrusted). A key exchange must carry the
+// identity key known for the device (ErrPublicDataInconsistency).
+//
+// State changes are committed only if the message decrypts completely; a
+// message that fails leaves every session and key as it was. After a key
+// exchange the used pre key is deleted (hidden in history synchronisation
+// mode), pre keys are refilled and the bundle republished, and an empty
+// message completes the session; a heartbeat is sent when the receiving
+// chain grows past 53 messages. That follow-up work runs in the background.
+func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encrypted) (*Decrypted, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	if msg == nil {
+		return nil, fmt.Errorf("%w: no message", backends.ErrMalformed)
+	}
+	ns := msg.Namespace
+	m.mu.Lock()
+	be, err := m.backend(ns)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	keys := msg.KeysFor(m.cfg.JID, m.devID)
+	if len(keys) == 0 {
+		return nil, ErrMessageNotForUs
+	}
+	key := keys[0]
+	if from == m.cfg.JID && msg.SID == m.devID {
+		return nil, fmt.Errorf("%w: message claims to come from this device", ErrSenderNotFound)
+	}
+
+	sender, err := m.sender(ctx, ns, from, msg.SID)
+	if err != nil {
+		return nil, err
+	}
+	if sender.Level == trust.Distrusted {
+		return nil, ErrSenderDistrusted
+	}
+
+	out := &Decrypted{Namespace: ns, Sender: sender, KeyExchange: key.KeyExchange, Empty: msg.Payload == nil}
+	var usedPreKey, sendEmpty bool
+	sessionKey := keySession(ns, from, msg.SID)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	be = m.backends[ns]
+	err = m.updateLocked(ctx, func(tx store.Tx) error {
+		usedPreKey, sendEmpty = false, false
+		var existing backends.Session
+		raw, err := tx.Get(sessionKey)
+		switch {
+		case err == nil:
+			existing, err = be.UnmarshalSession(raw)
+			if err != nil {
+				m.cfg.Logger.Warn("omemo: dropping unreadable session", "jid", from, "device", msg.SID, "err", err)
+				existing = nil
+			}
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+
+		var s backends.Session
+		var km []byte
+		if key.KeyExchange {
+			kex, inner, err := be.ParseKeyExchange(key.Data, sender.IdentityKey[31]&0x80 != 0)
+			if err != nil {
+				return err
+			}
+			if kex.IdentityKey != sender.IdentityKey {
+				return ErrPublicDataInconsistency
+			}
+			if existing != nil && existing.Initiation() == backends.Passive && existing.KeyExchange().BuildsSameSession(kex) {
+				s = existing
+				km, err = be.DecryptKeyMaterial(s, inner)
+			} else {
+				// A new key exchange replaces the session.
+				s, km, err = be.BuildSessionPassive(from, msg.SID, kex, inner)
+				usedPreKey = err == nil
+			}
+			if err != nil {
+				return err
+			}
+		} else {
+			if existing == nil {
+				return ErrNoSession
+			}
+			s = existing
+			if km, err = be.DecryptKeyMaterial(s, key.Data); err != nil {
+				return err
+			}
+		}
+		if !out.Empty {
+			pt, err := be.DecryptPlaintext(backends.Content{Ciphertext: msg.Payload, IV: msg.IV}, km)
+			if err != nil {
+				return err
+			}
+			out.Plaintext = pt
+		}
+		raw, err = s.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := tx.Put(sessionKey, raw); err != nil {
+			return err
+		}
+		if usedPreKey {
+			var removed bool
+			if m.syncing.Load() {
+				removed = be.HidePreKey(s)
+			} else {
+				removed = be.DeletePreKey(s)
+			}
+			usedPreKey = removed
+			if removed {
+				if n := be.NumVisiblePreKeys(); n <= m.cfg.PreKeyRefillThreshold {
+					if err := be.GeneratePreKeys(NumPreKeys - n); err != nil {
+						return err
+					}
+				}
+				if err := putKeys(tx, be); err != nil {
+					return err
+				}
+			}
+		}
+		n, ok := s.ReceivingChainLength()
+		sendEmpty = key.KeyExchange || ok && n > HeartbeatThreshold
+		if sendEmpty && m.syncing.Load() {
+			sendEmpty = false
+			return tx.Put(keyQueue(ns, from, msg.SID), nil)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, storageErr(err)
+	}
+	if usedPreKey {
+		m.work.enqueue("bundle/"+ns, func(ctx context.Context) error { return m.uploadBundle(ctx, ns) })
+	}
+	if sendEmpty {
+		m.work.enqueue(keyQueue(ns, from, msg.SID), func(ctx context.Context) error {
+			return m.sendEmpty(ctx, ns, from, msg.SID)
+		})
+	}
+	return out, nil
+}
+
+// sender finds the sending device, refreshing the sender's device list
+// once if it is unknown, and makes sure its identity key is known.
+func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32) (DeviceInfo, error) {
+	for attempt := 0; ; attempt++ {
+		infos, recs, _, err := m.devices(ctx, jid, nil)
+		if err != nil {
+			return DeviceInfo{}, err
+		}
+		for _, d := range infos {
+			if d.DeviceID == dev {
+				return d, nil
+			}
+		}
+		if attempt > 0 {
+			if _, ok := recs[dev]; ok {
+				return DeviceInfo{}, fmt.Errorf("%w: identity key of device %d of %s unavailable", ErrSenderNotFound, dev, jid)
+			}
+			return DeviceInfo{}, fmt.Errorf("%w: device %d of %s", ErrSenderNotFound, dev, jid)
+		}
+		if err := m.RefreshDeviceList(ctx, ns, jid); err != nil {
+			return DeviceInfo{}, fmt.Errorf("%w: %w", ErrSenderNotFound, err)
+		}
+	}
+}
+
+// sendEmpty sends an empty message to one device over its session and
+// commits the advanced ratchet only once it was sent.
+func (m *Manager) sendEmpty(ctx context.Context, ns, jid string, dev uint32) error {
+	return m.sendEmptyLocked(ctx, ns, jid, dev, false)
+}
+
+// sendEmptyLocked sends an empty message; with dequeue it also removes the
+// device's entry from the history synchronisation queue, in the same
+// transaction.
+func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint32, dequeue bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	be, err := m.backend(ns)
+	if err != nil {
+		return err
+	}
+	return m.updateLocked(ctx, func(tx store.Tx) error {
+		if dequeue {
+			if err := tx.Delete(keyQueue(ns, jid, dev)); err != nil {
+				return err
+			}
+		}
+		raw, err := tx.Get(keySession(ns, jid, dev))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // the session is gone (purged); nothing to complete
+		}
+		if err != nil {
+			return err
+		}
+		s, err := be.UnmarshalSession(raw)
+		if err != nil {
+			return err
+		}
+		msg, err := m.emptyMessage(be, s)
+		if err != nil {
+			return err
+		}
+		if raw, err = s.MarshalBinary(); err != nil {
+			return err
+		}
+		if err := tx.Put(keySession(ns, jid, dev), raw); err != nil {
+			return err
+		}
+		if err := m.net.SendMessage(ctx, jid, msg); err != nil {
+			return netErr("sending empty message", err)
+		}
+		return nil
+	})
+}
+
+func (m *Manager) emptyMessage(be backends.Backend, s backends.Session) (*encrypted.Encrypted, error) {
+	content, km, err := be.EncryptEmpty()
+	if err != nil {
+		return nil, err
+	}
+	ke, err := be.EncryptKeyMaterial(s, km)
+	if err != nil {
+		return nil, err
+	}
+	return &encrypted.Encrypted{
+		Namespace: be.Namespace(), SID: m.devID, IV: content.IV,
+		Keys: []encrypted.Key{{JID: s.JID(), RID: s.DeviceID(), KeyExchange: ke.KeyExchange, Data: ke.Data}},
+	}, nil
+}

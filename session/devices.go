@@ -1,0 +1,469 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/bundle"
+	"mellium.im/omemo/devicelist"
+	"mellium.im/omemo/internal/xeddsa"
+	"mellium.im/omemo/store"
+	"mellium.im/omemo/trust"
+)
+
+// deviceRecord is what is stored about one device of an account. Devices
+// are never forgotten: a device missing from a later list becomes inactive.
+type deviceRecord struct {
+	// Active maps each namespace the device was seen in to whether it is
+	// in the current device list of that namespace.
+	Active         map[string]bool `json:"active"`
+	Label          string          `json:"label,omitempty"`
+	LabelSignature []byte          `json:"labelsig,omitempty"`
+	IdentityKey    [32]byte        `json:"ik"`
+	HasIdentityKey bool            `json:"has_ik"`
+}
+
+func getDevice(tx store.Tx, jid string, dev uint32) (deviceRecord, error) {
+	var rec deviceRecord
+	raw, err := tx.Get(keyDevice(jid, dev))
+	if errors.Is(err, store.ErrNotFound) {
+		return deviceRecord{Active: map[string]bool{}}, nil
+	}
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return rec, fmt.Errorf("corrupt device record: %w", err)
+	}
+	if rec.Active == nil {
+		rec.Active = map[string]bool{}
+	}
+	return rec, nil
+}
+
+func putDevice(tx store.Tx, jid string, dev uint32, rec deviceRecord) error {
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Put(keyDevice(jid, dev), raw)
+}
+
+// devicesOf lists the stored devices of a JID, by id.
+func devicesOf(tx store.Tx, jid string) (map[uint32]deviceRecord, error) {
+	out := map[uint32]deviceRecord{}
+	prefix := prefixDevicesOf(jid)
+	err := tx.Scan(prefix, func(key string, raw []byte) error {
+		id, err := strconv.ParseUint(key[len(prefix):], 10, 32)
+		if err != nil {
+			return nil
+		}
+		var rec deviceRecord
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return fmt.Errorf("corrupt device record: %w", err)
+		}
+		if rec.Active == nil {
+			rec.Active = map[string]bool{}
+		}
+		out[uint32(id)] = rec
+		return nil
+	})
+	return out, err
+}
+
+// UpdateDeviceList ingests a device list of jid, as received in a PEP
+// notification. New devices are recorded, devices missing from the list
+// become inactive in that namespace (they are never forgotten), labels are
+// updated. If the list is the own one and lacks this device, the device is
+// added back and the list republished.
+func (m *Manager) UpdateDeviceList(ctx context.Context, jid string, l devicelist.List) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	ownMissing, err := m.ingest(ctx, l.Namespace, jid, l)
+	if err != nil {
+		return err
+	}
+	if ownMissing {
+		return m.uploadOwnList(ctx, l.Namespace, l, true)
+	}
+	return nil
+}
+
+// RefreshDeviceList downloads and ingests the device list of jid in ns.
+func (m *Manager) RefreshDeviceList(ctx context.Context, ns, jid string) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	l, err := m.net.DownloadDeviceList(ctx, ns, jid)
+	if err != nil {
+		return netErr("downloading device list of "+jid, err)
+	}
+	l.Namespace = ns
+	return m.UpdateDeviceList(ctx, jid, l)
+}
+
+// RefreshDeviceLists refreshes the device lists of jid in every namespace.
+func (m *Manager) RefreshDeviceLists(ctx context.Context, jid string) error {
+	var errs []error
+	for _, ns := range m.order {
+		errs = append(errs, m.RefreshDeviceList(ctx, ns, jid))
+	}
+	return errors.Join(errs...)
+}
+
+// ingest applies a device list in one transaction. It reports whether the
+// list is the own one and lacks this device.
+func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List) (ownMissing bool, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := m.backend(ns); err != nil {
+		return false, err
+	}
+	err = m.updateLocked(ctx, func(tx store.Tx) error {
+		known, err := devicesOf(tx, jid)
+		if err != nil {
+			return err
+		}
+		listed := map[uint32]devicelist.Device{}
+		for _, d := range l.Devices {
+			listed[d.ID] = d
+		}
+		ownMissing = jid == m.cfg.JID
+		for id, d := range listed {
+			if jid == m.cfg.JID && id == m.devID {
+				ownMissing = false
+				continue // the own record is kept by the manager itself
+			}
+			rec, ok := known[id]
+			if !ok {
+				rec = deviceRecord{Active: map[string]bool{}}
+			}
+			changed := !ok || !rec.Active[ns]
+			rec.Active[ns] = true
+			// An absent label means "no label support", not "cleared".
+			if d.Label != "" && (d.Label != rec.Label || string(d.LabelSignature) != string(rec.LabelSignature)) {
+				rec.Label, rec.LabelSignature = d.Label, d.LabelSignature
+				changed = true
+			}
+			if changed {
+				if err := putDevice(tx, jid, id, rec); err != nil {
+					return err
+				}
+			}
+		}
+		for id, rec := range known {
+			if _, ok := listed[id]; ok || (jid == m.cfg.JID && id == m.devID) {
+				continue
+			}
+			if rec.Active[ns] {
+				rec.Active[ns] = false
+				if err := putDevice(tx, jid, id, rec); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return ownMissing, storageErr(err)
+}
+
+// DeviceInfo describes a device of an account.
+type DeviceInfo struct {
+	JID      string
+	DeviceID uint32
+	// Label is the device's label, shown only if its signature verifies
+	// with the identity key (XEP-0384 0.9) or the device is our own.
+	Label string
+	// IdentityKey is the Ed25519 identity key (zero if not known yet).
+	IdentityKey    [32]byte
+	HasIdentityKey bool
+	// Trust is the custom trust level name, Level its core meaning.
+	Trust string
+	Level trust.Level
+	// Namespaces are the backends the device was seen with, in priority
+	// order; Active those it currently lists it in.
+	Namespaces []string
+	Active     []string
+}
+
+// Fingerprint is the identity key in the usual form: Curve25519, lowercase
+// hex, 8 groups of 8 digits.
+func (d DeviceInfo) Fingerprint() string {
+	if !d.HasIdentityKey {
+		return ""
+	}
+	fp, err := backends.Fingerprint(d.IdentityKey)
+	if err != nil {
+		return ""
+	}
+	return fp
+}
+
+func (d DeviceInfo) trustDevice() trust.Device {
+	return trust.Device{JID: d.JID, DeviceID: d.DeviceID, IdentityKey: d.IdentityKey, Label: d.Label, Level: d.Trust}
+}
+
+// sortNamespaces orders namespaces by backend priority; unknown ones last.
+func (m *Manager) sortNamespaces(nss []string) []string {
+	slices.SortStableFunc(nss, func(a, b string) int {
+		ia, ib := slices.Index(m.order, a), slices.Index(m.order, b)
+		if ia < 0 {
+			ia = len(m.order)
+		}
+		if ib < 0 {
+			ib = len(m.order)
+		}
+		if ia != ib {
+			return ia - ib
+		}
+		return strings.Compare(a, b)
+	})
+	return nss
+}
+
+func (m *Manager) info(tx store.Tx, jid string, id uint32, rec deviceRecord) (DeviceInfo, error) {
+	d := DeviceInfo{JID: jid, DeviceID: id, IdentityKey: rec.IdentityKey, HasIdentityKey: rec.HasIdentityKey}
+	for ns, active := range rec.Active {
+		d.Namespaces = append(d.Namespaces, ns)
+		if active {
+			d.Active = append(d.Active, ns)
+		}
+	}
+	m.sortNamespaces(d.Namespaces)
+	m.sortNamespaces(d.Active)
+	own := jid == m.cfg.JID && id == m.devID
+	if rec.Label != "" && (own || rec.HasIdentityKey && len(rec.LabelSignature) == 64 &&
+		xeddsa.Verify(rec.IdentityKey, []byte(rec.Label), [64]byte(rec.LabelSignature))) {
+		d.Label = rec.Label
+	}
+	if own {
+		d.Label = m.ownLabelTx(tx)
+	}
+	if !rec.HasIdentityKey {
+		return d, nil
+	}
+	name, level, err := m.trustOf(tx, jid, rec.IdentityKey)
+	d.Trust, d.Level = name, level
+	return d, err
+}
+
+func (m *Manager) trustOf(tx store.Tx, jid string, ik [32]byte) (string, trust.Level, error) {
+	name := m.cfg.Trust.Default()
+	raw, err := tx.Get(keyTrust(jid, ik))
+	switch {
+	case err == nil:
+		name = string(raw)
+	case !errors.Is(err, store.ErrNotFound):
+		return "", 0, storageErr(err)
+	}
+	level, err := m.cfg.Trust.Evaluate(name)
+	if err != nil {
+		return name, trust.Undecided, fmt.Errorf("%w: %w", ErrUnknownTrustLevel, err)
+	}
+	return name, level, nil
+}
+
+// Devices returns every known device of jid, active or not. Identity keys
+// that are not known yet are discovered by downloading the device's bundle
+// (the bundles are kept for building sessions); devices whose identity key
+// cannot be obtained are left out.
+func (m *Manager) Devices(ctx context.Context, jid string) ([]DeviceInfo, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	infos, _, _, err := m.devices(ctx, jid, nil)
+	return infos, err
+}
+
+// OwnDevices returns this device and the account's other devices.
+func (m *Manager) OwnDevices(ctx context.Context) (DeviceInfo, []DeviceInfo, error) {
+	all, err := m.Devices(ctx, m.cfg.JID)
+	if err != nil {
+		return DeviceInfo{}, nil, err
+	}
+	var self DeviceInfo
+	var others []DeviceInfo
+	for _, d := range all {
+		if d.DeviceID == m.devID {
+			self = d
+		} else {
+			others = append(others, d)
+		}
+	}
+	return self, others, nil
+}
+
+// devices returns the device information of jid, discovering unknown
+// identity keys through bundles (in parallel). The bundles it downloaded
+// are added to cache; failures are returned per device.
+func (m *Manager) devices(ctx context.Context, jid string, cache *bundleCache) ([]DeviceInfo, map[uint32]deviceRecord, []DeviceError, error) {
+	var recs map[uint32]deviceRecord
+	if err := m.store.View(ctx, func(tx store.Tx) error {
+		var err error
+		recs, err = devicesOf(tx, jid)
+		return err
+	}); err != nil {
+		return nil, nil, nil, storageErr(err)
+	}
+	if cache == nil {
+		cache = newBundleCache()
+	}
+	// Discover missing identity keys.
+	bes := m.snapshotBackends()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []DeviceError
+	found := map[uint32][32]byte{}
+	for id, rec := range recs {
+		if rec.HasIdentityKey {
+			continue
+		}
+		nss := []string{}
+		for ns := range rec.Active {
+			if _, ok := bes[ns]; ok {
+				nss = append(nss, ns)
+			}
+		}
+		m.sortNamespaces(nss)
+		wg.Add(1)
+		go func(id uint32, nss []string) {
+			defer wg.Done()
+			var lastErr error = ErrBundleNotFound
+			for _, ns := range nss {
+				b, err := cache.get(ctx, m.net, ns, jid, id)
+				if err != nil {
+					lastErr = err
+					continue
+				}
+				ik, err := bes[ns].BundleIdentityKey(b)
+				if err != nil {
+					lastErr = err
+					continue
+				}
+				mu.Lock()
+				found[id] = ik
+				mu.Unlock()
+				return
+			}
+			mu.Lock()
+			failures = append(failures, DeviceError{JID: jid, DeviceID: id, Err: lastErr})
+			mu.Unlock()
+		}(id, nss)
+	}
+	wg.Wait()
+	var infos []DeviceInfo
+	txn := m.store.View
+	if len(found) > 0 {
+		txn = m.store.Update
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	err := txn(ctx, func(tx store.Tx) error {
+		infos = infos[:0]
+		for id, ik := range found {
+			rec, err := getDevice(tx, jid, id)
+			if err != nil {
+				return err
+			}
+			if !rec.HasIdentityKey {
+				rec.IdentityKey, rec.HasIdentityKey = ik, true
+				if err := putDevice(tx, jid, id, rec); err != nil {
+					return err
+				}
+			}
+			r := recs[id]
+			r.IdentityKey, r.HasIdentityKey = rec.IdentityKey, true
+			recs[id] = r
+		}
+		ids := make([]uint32, 0, len(recs))
+		for id := range recs {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			rec := recs[id]
+			if !rec.HasIdentityKey {
+				continue
+			}
+			d, err := m.info(tx, jid, id, rec)
+			if err != nil {
+				return err
+			}
+			infos = append(infos, d)
+		}
+		return nil
+	})
+	slices.SortFunc(failures, func(a, b DeviceError) int { return int(a.DeviceID) - int(b.DeviceID) })
+	return infos, recs, failures, storageErr(err)
+}
+
+// SetTrust stores the custom trust level of an identity key of jid.
+func (m *Manager) SetTrust(ctx context.Context, jid string, identityKey [32]byte, level string) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	if _, err := m.cfg.Trust.Evaluate(level); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnknownTrustLevel, err)
+	}
+	return storageErr(m.update(ctx, func(tx store.Tx) error {
+		return tx.Put(keyTrust(jid, identityKey), []byte(level))
+	}))
+}
+
+func (m *Manager) snapshotBackends() map[string]backends.Backend {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]backends.Backend, len(m.backends))
+	for ns, b := range m.backends {
+		out[ns] = b
+	}
+	return out
+}
+
+// bundleCache downloads each bundle at most once per operation, so that the
+// bundles fetched to discover identity keys also build the sessions.
+type bundleCache struct {
+	mu sync.Mutex
+	m  map[bundleRef]*bundleEntry
+}
+
+type bundleRef struct {
+	ns, jid string
+	id      uint32
+}
+
+type bundleEntry struct {
+	once sync.Once
+	b    bundle.Bundle
+	err  error
+}
+
+func newBundleCache() *bundleCache { return &bundleCache{m: map[bundleRef]*bundleEntry{}} }
+
+func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id uint32) (bundle.Bundle, error) {
+	ref := bundleRef{ns, jid, id}
+	c.mu.Lock()
+	e, ok := c.m[ref]
+	if !ok {
+		e = &bundleEntry{}
+		c.m[ref] = e
+	}
+	c.mu.Unlock()
+	e.once.Do(func() {
+		e.b, e.err = net.DownloadBundle(ctx, ns, jid, id)
+		if e.err != nil {
+			e.err = netErr(fmt.Sprintf("downloading bundle of device %d of %s", id, jid), e.err)
+		} else if e.b.Namespace != ns {
+			e.err = fmt.Errorf("%w: bundle of namespace %q", backends.ErrMalformed, e.b.Namespace)
+		}
+	})
+	return e.b, e.err
+}

@@ -1,0 +1,297 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/encrypted"
+	"mellium.im/omemo/store"
+	"mellium.im/omemo/trust"
+)
+
+// Recipient is one device a message was encrypted for.
+type Recipient struct {
+	JID       string
+	DeviceID  uint32
+	Namespace string
+}
+
+// EncryptResult is an encrypted message: one <encrypted> element per
+// backend in use (in priority order), ready to be serialised into one
+// stanza, the devices it reaches, and the devices that could not be
+// reached (non-fatal failures such as a missing bundle).
+type EncryptResult struct {
+	Messages   []*encrypted.Encrypted
+	Recipients []Recipient
+	Failures   []DeviceError
+}
+
+// Encrypt encrypts a message for every device of the recipients and of the
+// own account (but this device), one backend per device chosen by priority,
+// after the trust policy decided on undecided devices. Plaintexts holds the
+// plaintext per namespace (OMEMO 2 takes the SCE envelope, legacy OMEMO
+// the body); it must cover every loaded backend that may be used.
+//
+// It fails closed: if the policy leaves a device undecided it returns
+// ErrStillUndecided, and if a recipient (other than the own account) has no
+// device left it returns a *NoEligibleDevicesError; nothing is encrypted or
+// stored then. Per-device failures are collected in the result.
+//
+// If deliver is not nil it is called with the result while the session
+// state is held; the new ratchet state is committed only if deliver returns
+// nil, so a message that was never handed over leaves no trace. deliver
+// must not call back into the Manager.
+func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[string][]byte, deliver func(*EncryptResult) error) (*EncryptResult, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	recipients := []string{}
+	for _, j := range to {
+		if j != "" && j != m.cfg.JID && !slices.Contains(recipients, j) {
+			recipients = append(recipients, j)
+		}
+	}
+	all := append(slices.Clone(recipients), m.cfg.JID)
+
+	cache := newBundleCache()
+	type target struct {
+		info DeviceInfo
+		ns   string
+	}
+	var targets []target
+	var failures []DeviceError
+	var known []trust.Device
+	// Device information of every recipient, identity keys discovered in
+	// parallel across recipients.
+	type devs struct {
+		infos []DeviceInfo
+		fails []DeviceError
+		err   error
+	}
+	results := make([]devs, len(all))
+	var wg sync.WaitGroup
+	for i, jid := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			infos, _, fails, err := m.devices(ctx, jid, cache)
+			results[i] = devs{infos, fails, err}
+		}()
+	}
+	wg.Wait()
+	for i, jid := range all {
+		r := results[i]
+		if r.err != nil {
+			return nil, r.err
+		}
+		for j := range r.fails {
+			failures = append(failures, r.fails[j])
+		}
+		for _, d := range r.infos {
+			if jid == m.cfg.JID && d.DeviceID == m.devID {
+				continue
+			}
+			known = append(known, d.trustDevice())
+			ns := ""
+			for _, a := range d.Active { // Active is in priority order
+				if plaintexts[a] != nil {
+					ns = a
+					break
+				}
+			}
+			if ns == "" {
+				continue
+			}
+			targets = append(targets, target{d, ns})
+		}
+	}
+
+	// Trust gate: decide undecided devices in bulk, then encrypt only for
+	// trusted ones.
+	var undecided []trust.Device
+	for _, t := range targets {
+		if t.info.Level == trust.Undecided {
+			undecided = append(undecided, t.info.trustDevice())
+		}
+	}
+	if len(undecided) > 0 {
+		decisions, err := m.cfg.Trust.Decide(ctx, undecided, known)
+		if err != nil {
+			return nil, fmt.Errorf("omemo: trust decision: %w", err)
+		}
+		if len(decisions) > 0 {
+			err := m.update(ctx, func(tx store.Tx) error {
+				for k, level := range decisions {
+					if _, err := m.cfg.Trust.Evaluate(level); err != nil {
+						return fmt.Errorf("%w: %w", ErrUnknownTrustLevel, err)
+					}
+					if err := tx.Put(keyTrust(k.JID, k.IdentityKey), []byte(level)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, storageErr(err)
+			}
+		}
+		for i := range targets {
+			if targets[i].info.Level != trust.Undecided {
+				continue
+			}
+			if level, ok := decisions[targets[i].info.trustDevice().Key()]; ok {
+				l, _ := m.cfg.Trust.Evaluate(level)
+				targets[i].info.Trust, targets[i].info.Level = level, l
+			}
+		}
+		var still []string
+		for _, t := range targets {
+			if t.info.Level == trust.Undecided {
+				still = append(still, fmt.Sprintf("%s/%d", t.info.JID, t.info.DeviceID))
+			}
+		}
+		if len(still) > 0 {
+			return nil, fmt.Errorf("%w: %v", ErrStillUndecided, still)
+		}
+	}
+	trusted := targets[:0]
+	for _, t := range targets {
+		if t.info.Level == trust.Trusted {
+			trusted = append(trusted, t)
+		}
+	}
+	targets = trusted
+
+	// Bundles of the devices we have no session with, fetched in parallel.
+	have := map[Recipient]bool{}
+	if err := m.store.View(ctx, func(tx store.Tx) error {
+		for _, t := range targets {
+			_, err := tx.Get(keySession(t.ns, t.info.JID, t.info.DeviceID))
+			if err == nil {
+				have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, storageErr(err)
+	}
+	for _, t := range targets {
+		if !have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = cache.get(ctx, m.net, t.ns, t.info.JID, t.info.DeviceID)
+			}()
+		}
+	}
+	wg.Wait()
+
+	res := &EncryptResult{}
+	err := m.update(ctx, func(tx store.Tx) error {
+		res.Messages, res.Recipients, res.Failures = nil, nil, slices.Clone(failures)
+		reached := map[string]bool{}
+		for _, ns := range m.order {
+			be := m.backends[ns]
+			var group []target
+			for _, t := range targets {
+				if t.ns == ns {
+					group = append(group, t)
+				}
+			}
+			if len(group) == 0 {
+				continue
+			}
+			content, km, err := be.EncryptPlaintext(plaintexts[ns])
+			if err != nil {
+				return err
+			}
+			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext}
+			for _, t := range group {
+				jid, dev := t.info.JID, t.info.DeviceID
+				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, km, have[Recipient{jid, dev, ns}])
+				if err != nil {
+					if isDeviceFailure(err) {
+						res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
+						continue
+					}
+					return err
+				}
+				raw, err := s.MarshalBinary()
+				if err != nil {
+					return err
+				}
+				if err := tx.Put(keySession(ns, jid, dev), raw); err != nil {
+					return err
+				}
+				msg.Keys = append(msg.Keys, encrypted.Key{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data})
+				res.Recipients = append(res.Recipients, Recipient{jid, dev, ns})
+				reached[jid] = true
+			}
+			if len(msg.Keys) > 0 {
+				res.Messages = append(res.Messages, msg)
+			}
+		}
+		var missing []string
+		for _, j := range recipients {
+			if !reached[j] {
+				missing = append(missing, j)
+			}
+		}
+		if len(missing) > 0 {
+			return &NoEligibleDevicesError{JIDs: missing, Failures: res.Failures}
+		}
+		if len(res.Messages) == 0 {
+			return &NoEligibleDevicesError{JIDs: []string{m.cfg.JID}, Failures: res.Failures}
+		}
+		if deliver != nil {
+			return deliver(res)
+		}
+		return nil
+	})
+	if err != nil {
+		var ne *NoEligibleDevicesError
+		if errors.As(err, &ne) {
+			return nil, err
+		}
+		return nil, storageErr(err)
+	}
+	return res, nil
+}
+
+// encryptFor encrypts key material for one device, building an active
+// session from its bundle if there is none.
+func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, km []byte, haveSession bool) (backends.KeyElement, backends.Session, error) {
+	if haveSession {
+		raw, err := tx.Get(keySession(ns, jid, dev))
+		if err == nil {
+			s, err := be.UnmarshalSession(raw)
+			if err != nil {
+				return backends.KeyElement{}, nil, err
+			}
+			ke, err := be.EncryptKeyMaterial(s, km)
+			return ke, s, err
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return backends.KeyElement{}, nil, err
+		}
+	}
+	b, err := cache.get(ctx, m.net, ns, jid, dev)
+	if err != nil {
+		return backends.KeyElement{}, nil, err
+	}
+	s, ke, err := be.BuildSessionActive(jid, dev, b, km)
+	return ke, s, err
+}
+
+// isDeviceFailure tells failures that exclude one device (its bundle is
+// missing, unreachable or unusable) from failures that abort the operation.
+func isDeviceFailure(err error) bool {
+	return errors.Is(err, ErrNetwork) || errors.Is(err, ErrBundleNotFound) ||
+		errors.Is(err, backends.ErrKeyExchange) || errors.Is(err, backends.ErrMalformed)
+}

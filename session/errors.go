@@ -1,0 +1,77 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Errors of the session manager. They are wrapped with context; test with
+// errors.Is. Errors of the backends (package backends) pass through wrapped,
+// so errors.Is(err, backends.ErrDuplicateMessage) works on a Decrypt error.
+var (
+	// ErrInvalidConfig reports a Config that cannot work.
+	ErrInvalidConfig = errors.New("omemo: invalid configuration")
+	// ErrClosed is returned by every call after Close.
+	ErrClosed = errors.New("omemo: session manager closed")
+	// ErrUnknownNamespace means a namespace no loaded backend handles.
+	ErrUnknownNamespace = errors.New("omemo: unknown namespace")
+	// ErrUnknownTrustLevel means a stored custom trust level the policy does not know.
+	ErrUnknownTrustLevel = errors.New("omemo: unknown trust level")
+	// ErrStillUndecided means recipient devices remained undecided after
+	// the trust decision; nothing was encrypted.
+	ErrStillUndecided = errors.New("omemo: devices still undecided")
+	// ErrMessageNotForUs means the message carries no key for this device.
+	ErrMessageNotForUs = errors.New("omemo: message not encrypted for this device")
+	// ErrSenderNotFound means the sending device is not in the sender's
+	// device list, even after a refresh, or its identity is unknown.
+	ErrSenderNotFound = errors.New("omemo: sender device not found")
+	// ErrSenderDistrusted means the sending device's identity key is distrusted.
+	ErrSenderDistrusted = errors.New("omemo: sender distrusted")
+	// ErrNoSession means a message that is not a key exchange came from a
+	// device we have no session with.
+	ErrNoSession = errors.New("omemo: no session with the sender")
+	// ErrPublicDataInconsistency means a key exchange carried an identity
+	// key other than the one known for the device.
+	ErrPublicDataInconsistency = errors.New("omemo: identity key differs from the known one")
+	// ErrBundleNotFound means the device has no bundle published.
+	ErrBundleNotFound = errors.New("omemo: bundle not found")
+	// ErrNetwork wraps failures of the Network (bundle or device list
+	// upload, download or deletion, sending a message).
+	ErrNetwork = errors.New("omemo: network operation failed")
+	// ErrStorage wraps failures of the store.
+	ErrStorage = errors.New("omemo: storage failed")
+	// ErrNoEligibleDevices is matched by every *NoEligibleDevicesError.
+	ErrNoEligibleDevices = errors.New("omemo: no eligible devices")
+)
+
+// NoEligibleDevicesError reports recipients none of whose devices could be
+// encrypted for: no known device, all inactive, all distrusted, or all
+// failed. Nothing was encrypted or sent.
+type NoEligibleDevicesError struct {
+	JIDs []string
+	// Failures are the per-device errors that contributed, if any.
+	Failures []DeviceError
+}
+
+func (e *NoEligibleDevicesError) Error() string {
+	return fmt.Sprintf("omemo: no eligible devices for %s", strings.Join(e.JIDs, ", "))
+}
+
+// Is makes errors.Is(err, ErrNoEligibleDevices) true.
+func (e *NoEligibleDevicesError) Is(target error) bool { return target == ErrNoEligibleDevices }
+
+// DeviceError is a failure to encrypt for one device. Encryption goes on
+// for the other devices; the failures are returned next to the result.
+type DeviceError struct {
+	Namespace string
+	JID       string
+	DeviceID  uint32
+	Err       error
+}
+
+func (e DeviceError) Error() string {
+	return fmt.Sprintf("omemo: device %d of %s (%s): %v", e.DeviceID, e.JID, e.Namespace, e.Err)
+}
+
+func (e DeviceError) Unwrap() error { return e.Err }

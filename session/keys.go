@@ -1,0 +1,71 @@
+package session
+
+import (
+	"encoding/base64"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Storage layout. Every key starts with "omemo/"; JIDs and namespaces are
+// path-escaped so that no input can address another record.
+const (
+	keyIdentity = "omemo/identity"
+	keyDeviceID = "omemo/device-id"
+	keyOwnLabel = "omemo/own-label"
+)
+
+func esc(s string) string { return url.PathEscape(s) }
+
+func keyBackendKeys(ns string) string { return "omemo/ns/" + esc(ns) + "/keys" }
+
+func prefixBackend(ns string) string { return "omemo/ns/" + esc(ns) + "/" }
+
+func prefixSessions(ns string) string { return "omemo/ns/" + esc(ns) + "/sessions/" }
+
+func prefixSessionsOf(ns, jid string) string { return prefixSessions(ns) + esc(jid) + "/" }
+
+func keySession(ns, jid string, dev uint32) string {
+	return prefixSessionsOf(ns, jid) + strconv.FormatUint(uint64(dev), 10)
+}
+
+func prefixDevicesOf(jid string) string { return "omemo/devices/" + esc(jid) + "/" }
+
+func keyDevice(jid string, dev uint32) string {
+	return prefixDevicesOf(jid) + strconv.FormatUint(uint64(dev), 10)
+}
+
+func prefixTrustOf(jid string) string { return "omemo/trust/" + esc(jid) + "/" }
+
+func keyTrust(jid string, ik [32]byte) string {
+	return prefixTrustOf(jid) + base64.RawURLEncoding.EncodeToString(ik[:])
+}
+
+const prefixQueue = "omemo/queue/"
+
+func keyQueue(ns, jid string, dev uint32) string {
+	return prefixQueue + esc(ns) + "/" + esc(jid) + "/" + strconv.FormatUint(uint64(dev), 10)
+}
+
+func unesc(s string) (string, error) { return url.PathUnescape(s) }
+
+// parseQueueKey splits a history synchronisation queue key.
+func parseQueueKey(key string) (ns, jid string, dev uint32, ok bool) {
+	rest := key[len(prefixQueue):]
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 {
+		return "", "", 0, false
+	}
+	var err error
+	if ns, err = unesc(parts[0]); err != nil {
+		return "", "", 0, false
+	}
+	if jid, err = unesc(parts[1]); err != nil {
+		return "", "", 0, false
+	}
+	id, err := strconv.ParseUint(parts[2], 10, 32)
+	if err != nil {
+		return "", "", 0, false
+	}
+	return ns, jid, uint32(id), true
+}

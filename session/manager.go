@@ -1,0 +1,451 @@
+package session
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/bundle"
+	"mellium.im/omemo/devicelist"
+	omemons "mellium.im/omemo/ns"
+	"mellium.im/omemo/store"
+)
+
+// Manager is the OMEMO session manager of one account and device.
+type Manager struct {
+	cfg   Config
+	store store.Store
+	net   Network
+	id    *backends.IdentityKeyPair
+	devID uint32
+
+	// mu serialises every state change (and so all work on any peer
+	// device): the crypto is microseconds, so one lock keeps ratchets from
+	// forking at no measurable cost. Network round trips happen outside it.
+	mu       sync.Mutex
+	backends map[string]backends.Backend // guarded by mu
+	order    []string                    // namespaces in priority order
+
+	syncing atomic.Bool // history synchronisation mode
+	closed  atomic.Bool
+	work    *worker
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+// New opens the session manager of cfg.JID on st, starting the account's
+// OMEMO state on the first run. Start-up is idempotent and repairs what a
+// failed earlier run left behind: it republishes device lists and bundles
+// that are missing or differ, sets up backends added since the last run
+// and purges backends removed since. It starts the signed pre key rotation
+// and the background worker; Close stops them.
+func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager, error) {
+	c, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if st == nil || net == nil {
+		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
+	}
+	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}}
+	for _, f := range c.Backends {
+		m.order = append(m.order, f.Namespace)
+	}
+	m.syncing.Store(!c.StartSynced)
+
+	if err := m.loadOrCreate(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.repair(ctx); err != nil {
+		return nil, err
+	}
+	bg, stop := context.WithCancel(context.Background())
+	m.stop = stop
+	m.done = make(chan struct{})
+	m.work = newWorker(bg, c.OnError)
+	go m.rotateLoop(bg)
+	return m, nil
+}
+
+// Close stops the background work and waits for it. It does not close the
+// store. Calls after Close fail with ErrClosed.
+func (m *Manager) Close() error {
+	if m.closed.Swap(true) {
+		return nil
+	}
+	m.stop()
+	m.work.close()
+	<-m.done
+	return nil
+}
+
+func (m *Manager) check() error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// DeviceID is the own device id.
+func (m *Manager) DeviceID() uint32 { return m.devID }
+
+// JID is the own bare JID.
+func (m *Manager) JID() string { return m.cfg.JID }
+
+// IdentityKey is the own Ed25519 identity key.
+func (m *Manager) IdentityKey() [32]byte { return m.id.PublicKey() }
+
+// Namespaces are the loaded backends' namespaces in priority order.
+func (m *Manager) Namespaces() []string { return slices.Clone(m.order) }
+
+func (m *Manager) backend(ns string) (backends.Backend, error) {
+	b, ok := m.backends[ns]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNamespace, ns)
+	}
+	return b, nil
+}
+
+func storageErr(err error) error {
+	if err == nil || errors.Is(err, ErrStorage) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrStorage, err)
+}
+
+func netErr(what string, err error) error {
+	if errors.Is(err, ErrBundleNotFound) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrNetwork, what, err)
+}
+
+// update runs f in one store transaction under mu. If the transaction
+// fails, the backends' in-memory key state is restored from the store, so
+// memory never runs ahead of what was committed.
+func (m *Manager) update(ctx context.Context, f func(tx store.Tx) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.updateLocked(ctx, f)
+}
+
+func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) error {
+	err := m.store.Update(ctx, f)
+	if err != nil {
+		if rerr := m.reloadBackendsLocked(context.WithoutCancel(ctx)); rerr != nil {
+			m.cfg.OnError(fmt.Errorf("omemo: restoring key state after a failed commit: %w", rerr))
+		}
+	}
+	return err
+}
+
+func (m *Manager) reloadBackendsLocked(ctx context.Context) error {
+	return m.store.View(ctx, func(tx store.Tx) error {
+		for _, f := range m.cfg.Backends {
+			raw, err := tx.Get(keyBackendKeys(f.Namespace))
+			if err != nil {
+				return err
+			}
+			b, err := f.New(m.id, raw, m.cfg.backendOptions())
+			if err != nil {
+				return err
+			}
+			m.backends[f.Namespace] = b
+		}
+		return nil
+	})
+}
+
+// putKeys stores the own key material of a backend.
+func putKeys(tx store.Tx, b backends.Backend) error {
+	raw, err := b.MarshalKeys()
+	if err != nil {
+		return err
+	}
+	return tx.Put(keyBackendKeys(b.Namespace()), raw)
+}
+
+// loadOrCreate loads the identity, the device id and the backends' keys,
+// creating what is missing in one transaction.
+func (m *Manager) loadOrCreate(ctx context.Context) error {
+	var haveID bool
+	err := m.store.View(ctx, func(tx store.Tx) error {
+		raw, err := tx.Get(keyIdentity)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		default:
+			m.id = new(backends.IdentityKeyPair)
+			if err := m.id.UnmarshalBinary(raw); err != nil {
+				return err
+			}
+		}
+		raw, err = tx.Get(keyDeviceID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		case len(raw) != 4:
+			return fmt.Errorf("corrupt device id")
+		default:
+			m.devID = binary.BigEndian.Uint32(raw)
+			haveID = true
+		}
+		return nil
+	})
+	if err != nil {
+		return storageErr(err)
+	}
+
+	// A new device id must collide with no device in the own lists.
+	var devID uint32
+	if !haveID {
+		taken := map[uint32]bool{}
+		for _, ns := range m.order {
+			l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
+			if err != nil {
+				return netErr("downloading own device list", err)
+			}
+			for _, d := range l.Devices {
+				taken[d.ID] = true
+			}
+		}
+		for {
+			var b [4]byte
+			if _, err := m.cfg.Rand.Read(b[:]); err != nil {
+				return fmt.Errorf("omemo: drawing device id: %w", err)
+			}
+			devID = binary.BigEndian.Uint32(b[:]) & MaxDeviceID
+			if devID != 0 && !taken[devID] {
+				break
+			}
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return storageErr(m.store.Update(ctx, func(tx store.Tx) error {
+		if m.id == nil {
+			id, err := backends.GenerateIdentityKeyPair(m.cfg.Rand)
+			if err != nil {
+				return err
+			}
+			raw, _ := id.MarshalBinary()
+			if err := tx.Put(keyIdentity, raw); err != nil {
+				return err
+			}
+			m.id = id
+		}
+		if !haveID {
+			m.devID = devID
+			if err := tx.Put(keyDeviceID, binary.BigEndian.AppendUint32(nil, devID)); err != nil {
+				return err
+			}
+			if err := tx.Put(keyOwnLabel, []byte(m.cfg.Label)); err != nil {
+				return err
+			}
+		}
+		for _, f := range m.cfg.Backends {
+			raw, err := tx.Get(keyBackendKeys(f.Namespace))
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			b, err := f.New(m.id, raw, m.cfg.backendOptions())
+			if err != nil {
+				return fmt.Errorf("omemo: backend %s: %w", f.Namespace, err)
+			}
+			if raw == nil {
+				if err := putKeys(tx, b); err != nil {
+					return err
+				}
+			}
+			m.backends[f.Namespace] = b
+		}
+		// The own device record lists the loaded namespaces, all active.
+		rec, err := getDevice(tx, m.cfg.JID, m.devID)
+		if err != nil {
+			return err
+		}
+		rec.IdentityKey = m.id.PublicKey()
+		rec.HasIdentityKey = true
+		rec.Label = m.ownLabelTx(tx)
+		rec.Active = map[string]bool{}
+		for _, ns := range m.order {
+			rec.Active[ns] = true
+		}
+		return putDevice(tx, m.cfg.JID, m.devID, rec)
+	}))
+}
+
+func (m *Manager) ownLabelTx(tx store.Tx) string {
+	raw, err := tx.Get(keyOwnLabel)
+	if err != nil {
+		return ""
+	}
+	return string(raw)
+}
+
+// repair brings the published state in line with the local one: the own
+// device in every own device list, every bundle as it is locally, and
+// backends removed since the last run purged. It runs at every start.
+func (m *Manager) repair(ctx context.Context) error {
+	var stale []string
+	err := m.store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan("omemo/ns/", func(key string, _ []byte) error {
+			if ns, ok := namespaceOfKey(key); ok && !slices.Contains(m.order, ns) && !slices.Contains(stale, ns) {
+				stale = append(stale, ns)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return storageErr(err)
+	}
+	for _, ns := range stale {
+		if err := m.PurgeBackend(ctx, ns); err != nil {
+			return err
+		}
+	}
+	for _, ns := range m.order {
+		if err := m.publishOwnDevice(ctx, ns, false); err != nil {
+			return err
+		}
+		if err := m.publishBundleIfChanged(ctx, ns); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publishBundleIfChanged downloads the own bundle and uploads the local one
+// if the download failed or differs.
+func (m *Manager) publishBundleIfChanged(ctx context.Context, ns string) error {
+	m.mu.Lock()
+	b, err := m.backend(ns)
+	var local bundle.Bundle
+	if err == nil {
+		local, err = b.Bundle()
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	remote, err := m.net.DownloadBundle(ctx, ns, m.cfg.JID, m.devID)
+	if err == nil && bundlesEqual(remote, local) {
+		return nil
+	}
+	return m.uploadBundle(ctx, ns)
+}
+
+func (m *Manager) uploadBundle(ctx context.Context, ns string) error {
+	m.mu.Lock()
+	b, err := m.backend(ns)
+	var local bundle.Bundle
+	if err == nil {
+		local, err = b.Bundle()
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := m.net.UploadBundle(ctx, m.devID, local); err != nil {
+		return netErr("uploading bundle", err)
+	}
+	return nil
+}
+
+// bundlesEqual compares two bundles; pre key order does not matter.
+func bundlesEqual(a, b bundle.Bundle) bool {
+	if a.Namespace != b.Namespace || a.IdentityKey != b.IdentityKey || a.SignedPreKeyID != b.SignedPreKeyID ||
+		a.SignedPreKey != b.SignedPreKey || a.SignedPreKeySignature != b.SignedPreKeySignature ||
+		len(a.PreKeys) != len(b.PreKeys) {
+		return false
+	}
+	set := make(map[bundle.PreKey]bool, len(a.PreKeys))
+	for _, pk := range a.PreKeys {
+		set[pk] = true
+	}
+	for _, pk := range b.PreKeys {
+		if !set[pk] {
+			return false
+		}
+	}
+	return true
+}
+
+// publishOwnDevice downloads the own device list of ns, ingests it, and
+// uploads it with the own device (and label) if it is missing or differs,
+// or always if force is set.
+func (m *Manager) publishOwnDevice(ctx context.Context, ns string, force bool) error {
+	l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
+	if err != nil {
+		return netErr("downloading own device list", err)
+	}
+	l.Namespace = ns
+	if _, err := m.ingest(ctx, ns, m.cfg.JID, l); err != nil {
+		return err
+	}
+	return m.uploadOwnList(ctx, ns, l, force)
+}
+
+func (m *Manager) uploadOwnList(ctx context.Context, ns string, l devicelist.List, force bool) error {
+	var label string
+	if err := m.store.View(ctx, func(tx store.Tx) error { label = m.ownLabelTx(tx); return nil }); err != nil {
+		return storageErr(err)
+	}
+	own := devicelist.Device{ID: m.devID}
+	if ns != omemons.Legacy && label != "" {
+		own.Label = label
+		sig, err := m.id.Sign([]byte(label), m.cfg.Rand)
+		if err != nil {
+			return err
+		}
+		own.LabelSignature = sig[:]
+	}
+	changed := force
+	found := false
+	out := devicelist.List{Namespace: ns}
+	for _, d := range l.Devices {
+		if d.ID == m.devID {
+			found = true
+			if d.Label != own.Label {
+				changed = true
+			}
+			if ns != omemons.Legacy && d.Label == own.Label && d.Label != "" {
+				own.LabelSignature = d.LabelSignature // keep the published one
+			}
+			out.Devices = append(out.Devices, own)
+			continue
+		}
+		out.Devices = append(out.Devices, d)
+	}
+	if !found {
+		out.Devices = append(out.Devices, own)
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	if err := m.net.UploadDeviceList(ctx, out); err != nil {
+		return netErr("uploading own device list", err)
+	}
+	return nil
+}
+
+func namespaceOfKey(key string) (string, bool) {
+	const p = "omemo/ns/"
+	rest := key[len(p):]
+	for i := 0; i < len(rest); i++ {
+		if rest[i] == '/' {
+			ns, err := unesc(rest[:i])
+			return ns, err == nil
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,80 @@
+// Package store is the transactional key-value storage layer of the OMEMO
+// library.
+//
+// The session manager keeps all of its state (identity key, signed and
+// one-time pre-keys, Double Ratchet sessions, device lists, trust decisions)
+// in a [Store]. Every operation of the session manager runs in a single
+// [Store.Update] transaction, so its state changes are committed atomically:
+// either all of them become visible (and, for the persistent store, durable)
+// or none of them do. This is stricter than python-omemo, which writes key by
+// key and can be left half-written by a crash, for example with a ratchet
+// advanced but the message key not deleted, or a one-time pre-key consumed
+// in one place and still present in another.
+//
+// # Keys and values
+//
+// Keys are non-empty strings of at most [MaxKeySize] bytes. The session
+// manager uses '/'-separated paths such as
+// "omemo/ns/urn:xmpp:omemo:2/sessions/alice@example.org/1234", which makes
+// [Tx.Scan] and [Tx.DeletePrefix] natural ways to enumerate or drop a
+// subtree. Values are opaque bytes and are treated as secret: they are never
+// included in error messages. Every value passed to or returned from a store
+// is copied, so callers can never alias the store's internal memory (for
+// bbolt, memory-mapped pages that are only valid inside a transaction) and
+// mutating a slice after Put or after Get cannot change the stored state.
+//
+// # Implementations
+//
+// [NewMemory] returns an in-memory store with the same transactional
+// semantics, for tests and for ephemeral clients. Nothing it holds survives
+// the process.
+//
+// [Open] returns the persistent default, built on go.etcd.io/bbolt. bbolt was
+// chosen because:
+//
+//   - it is pure Go (no cgo), so the library stays trivially cross-compilable;
+//   - a store is a single file, which is easy to locate, back up, protect
+//     with file permissions (0600) and delete;
+//   - it provides ACID transactions: a read-write transaction is committed
+//     by writing new pages and then a new meta page, each followed by fsync,
+//     so once [Bolt.Update] has returned nil the change survives a process
+//     crash and a power loss;
+//   - its copy-on-write B+tree never overwrites live pages and keeps two
+//     checksummed meta pages, so a write interrupted at any point (SIGKILL,
+//     power loss) leaves the previous committed state intact, with no
+//     journal to replay and no recovery step on the next open;
+//   - it takes an exclusive flock on the file, so two processes (or two
+//     opens in one process) cannot use the same store at the same time and
+//     corrupt each other's state; a second [Open] fails with [ErrLocked]
+//     after [Options.LockTimeout].
+//
+// The persistent file records a format version in a meta bucket. It is
+// written when the file is created and checked on every open: a file from a
+// newer version of this package is refused with [ErrVersion], a file from an
+// older version is upgraded by running the registered migrations (version N
+// to N+1, each in turn) inside one transaction, so an interrupted upgrade
+// leaves the old version in place.
+//
+// # Concurrency
+//
+// Stores are safe for concurrent use by many goroutines. Read-only
+// transactions ([Store.View]) run concurrently with each other and with at
+// most one read-write transaction ([Store.Update]); read-write transactions
+// are serialised. A goroutine waiting for the write lock gives up when its
+// context is done. A [Tx] must only be used by the goroutine running the
+// transaction function and only until that function returns.
+//
+// Do not start a transaction from inside another transaction's function in
+// the same goroutine, and do not make a View wait for an Update: an Update
+// waits for the previous one, and bbolt may need every open read transaction
+// to finish before it can grow the file, so either pattern can deadlock.
+//
+// # Threat model
+//
+// The store protects integrity and atomicity against crashes, not
+// confidentiality against someone who can read the file: values (including
+// private keys) are stored unencrypted, protected only by the file's 0600
+// permissions and the 0700 directory created by [DefaultPath]. Applications
+// that need encryption at rest should use full-disk encryption or wrap the
+// [Store] interface.
+package store
