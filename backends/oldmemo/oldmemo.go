@@ -74,8 +74,7 @@ var X3DHConfig = &x3dh.Config{
 
 // Backend is the legacy OMEMO backend.
 type Backend struct {
-	*backendcore.Keys
-	dr doubleratchet.Config
+	*backendcore.Base
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -83,23 +82,12 @@ var _ backends.Backend = (*Backend)(nil)
 // New returns the backend for identity id. keys is the stored own key
 // material (MarshalKeys) or empty to create fresh keys with 100 pre keys.
 func New(id *backends.IdentityKeyPair, keys []byte, opts *backends.Options) (*Backend, error) {
-	o, err := opts.Resolved()
+	b, err := backendcore.NewBase(Namespace, X3DHConfig, rootInfo, id, keys, opts)
 	if err != nil {
 		return nil, err
 	}
-	k, err := backendcore.NewKeys(X3DHConfig, id, keys, o)
-	if err != nil {
-		return nil, err
-	}
-	return &Backend{Keys: k, dr: doubleratchet.Config{
-		RootInfo:             []byte(rootInfo),
-		MaxSkippedPerMessage: o.MaxSkippedPerMessage,
-		MaxSkippedPerSession: o.MaxSkippedPerSession,
-	}}, nil
+	return &Backend{b}, nil
 }
-
-// Namespace implements backends.Backend.
-func (b *Backend) Namespace() string { return Namespace }
 
 // Bundle implements backends.Backend. The identity key is published in its
 // Curve25519 form; the sign bit of its Ed25519 form rides in bit 7 of byte
@@ -161,7 +149,7 @@ func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bund
 	for i, pk := range bb.PreKeys {
 		xb.PreKeys[i] = x3dh.PublicPreKey{ID: pk.ID, Pub: pk.Key}
 	}
-	s, err := backendcore.BuildActive(b.Keys, Namespace, &b.dr, xb, jid, deviceID)
+	s, err := backendcore.BuildActive(b.Keys, Namespace, &b.DR, xb, jid, deviceID)
 	if err != nil {
 		return nil, backends.KeyElement{}, err
 	}
@@ -205,23 +193,11 @@ func (b *Backend) ParseKeyExchange(data []byte, signBit bool) (backends.KeyExcha
 
 // BuildSessionPassive implements backends.Backend.
 func (b *Backend) BuildSessionPassive(jid string, deviceID uint32, kex backends.KeyExchange, message []byte) (backends.Session, []byte, error) {
-	s, err := backendcore.BuildPassive(b.Keys, Namespace, &b.dr, kex, jid, deviceID)
-	if err != nil {
-		return nil, nil, err
-	}
-	km, err := b.DecryptKeyMaterial(s, message)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, km, nil
+	return b.Base.BuildSessionPassive(jid, deviceID, kex, message, b.DecryptKeyMaterial)
 }
 
 func (b *Backend) session(s backends.Session) (*backendcore.Session, error) {
-	cs, ok := s.(*backendcore.Session)
-	if !ok || cs.NS != Namespace || cs.DR == nil || len(cs.AD) != 66 {
-		return nil, backends.ErrWrongSession
-	}
-	return cs, nil
+	return b.Session(s, 66)
 }
 
 // macAD returns the associated data in libsignal's order, sender first. The
@@ -307,11 +283,6 @@ func (b *Backend) DecryptKeyMaterial(s backends.Session, message []byte) ([]byte
 	}
 	cs.IsConfirmed = true
 	return pt, nil
-}
-
-// UnmarshalSession implements backends.Backend.
-func (b *Backend) UnmarshalSession(data []byte) (backends.Session, error) {
-	return backendcore.UnmarshalSession(Namespace, &b.dr, data)
 }
 
 // EncryptPlaintext implements backends.Backend: AES-128-GCM under a fresh

@@ -48,8 +48,7 @@ var X3DHConfig = &x3dh.Config{
 
 // Backend is the OMEMO 2 backend.
 type Backend struct {
-	*backendcore.Keys
-	dr doubleratchet.Config
+	*backendcore.Base
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -57,23 +56,12 @@ var _ backends.Backend = (*Backend)(nil)
 // New returns the backend for identity id. keys is the stored own key
 // material (MarshalKeys) or empty to create fresh keys with 100 pre keys.
 func New(id *backends.IdentityKeyPair, keys []byte, opts *backends.Options) (*Backend, error) {
-	o, err := opts.Resolved()
+	b, err := backendcore.NewBase(Namespace, X3DHConfig, rootInfo, id, keys, opts)
 	if err != nil {
 		return nil, err
 	}
-	k, err := backendcore.NewKeys(X3DHConfig, id, keys, o)
-	if err != nil {
-		return nil, err
-	}
-	return &Backend{Keys: k, dr: doubleratchet.Config{
-		RootInfo:             []byte(rootInfo),
-		MaxSkippedPerMessage: o.MaxSkippedPerMessage,
-		MaxSkippedPerSession: o.MaxSkippedPerSession,
-	}}, nil
+	return &Backend{b}, nil
 }
-
-// Namespace implements backends.Backend.
-func (b *Backend) Namespace() string { return Namespace }
 
 // Bundle implements backends.Backend.
 func (b *Backend) Bundle() (bundle.Bundle, error) {
@@ -127,7 +115,7 @@ func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bund
 		return nil, backends.KeyElement{}, fmt.Errorf("%w: bundle of namespace %q", backends.ErrMalformed, bb.Namespace)
 	}
 	// X3DH validates the identity key while converting it.
-	s, err := backendcore.BuildActive(b.Keys, Namespace, &b.dr, toX3DH(bb), jid, deviceID)
+	s, err := backendcore.BuildActive(b.Keys, Namespace, &b.DR, toX3DH(bb), jid, deviceID)
 	if err != nil {
 		return nil, backends.KeyElement{}, err
 	}
@@ -159,23 +147,11 @@ func (b *Backend) ParseKeyExchange(data []byte, _ bool) (backends.KeyExchange, [
 
 // BuildSessionPassive implements backends.Backend.
 func (b *Backend) BuildSessionPassive(jid string, deviceID uint32, kex backends.KeyExchange, message []byte) (backends.Session, []byte, error) {
-	s, err := backendcore.BuildPassive(b.Keys, Namespace, &b.dr, kex, jid, deviceID)
-	if err != nil {
-		return nil, nil, err
-	}
-	km, err := b.DecryptKeyMaterial(s, message)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, km, nil
+	return b.Base.BuildSessionPassive(jid, deviceID, kex, message, b.DecryptKeyMaterial)
 }
 
 func (b *Backend) session(s backends.Session) (*backendcore.Session, error) {
-	cs, ok := s.(*backendcore.Session)
-	if !ok || cs.NS != Namespace || cs.DR == nil {
-		return nil, backends.ErrWrongSession
-	}
-	return cs, nil
+	return b.Session(s, 64)
 }
 
 // EncryptKeyMaterial implements backends.Backend.
@@ -245,11 +221,6 @@ func (b *Backend) DecryptKeyMaterial(s backends.Session, message []byte) ([]byte
 	}
 	cs.IsConfirmed = true
 	return pt, nil
-}
-
-// UnmarshalSession implements backends.Backend.
-func (b *Backend) UnmarshalSession(data []byte) (backends.Session, error) {
-	return backendcore.UnmarshalSession(Namespace, &b.dr, data)
 }
 
 // EncryptPlaintext implements backends.Backend.
