@@ -144,6 +144,8 @@ func (b *Backend) BuildSessionActive(jid string, deviceID uint32, bb bundle.Bund
 		SignedPreKey:          bb.SignedPreKey,
 		SignedPreKeySignature: bb.SignedPreKeySignature,
 		PreKeys:               make([]x3dh.PublicPreKey, len(bb.PreKeys)),
+		// BundleIdentityKey validated the published Curve25519 form.
+		IdentityKeyCurve: &bb.IdentityKey,
 	}
 	xb.SignedPreKeySignature[63] &^= 0x80
 	for i, pk := range bb.PreKeys {

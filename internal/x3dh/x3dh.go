@@ -107,6 +107,11 @@ type Bundle struct {
 	SignedPreKey          [32]byte // X25519 public
 	SignedPreKeySignature [64]byte // by IdentityKey over Config.EncodePublicKey(SignedPreKey)
 	PreKeys               []PublicPreKey
+	// IdentityKeyCurve optionally carries the Curve25519 form of
+	// IdentityKey when the caller already validated and converted it (the
+	// legacy wire format publishes that form); it saves a second subgroup
+	// check. It must correspond to IdentityKey.
+	IdentityKeyCurve *[32]byte
 }
 
 // Header is what the initiator transmits so that the responder can complete
@@ -191,9 +196,14 @@ func checkBundle(cfg *Config, b *Bundle) ([32]byte, error) {
 	}
 	// The identity key is validated (and converted) first, so that an
 	// invalid key is reported as such rather than as a bad signature.
-	ik, err := identityCurve(b.IdentityKey)
-	if err != nil {
-		return [32]byte{}, err
+	var ik [32]byte
+	if b.IdentityKeyCurve != nil {
+		ik = *b.IdentityKeyCurve
+	} else {
+		var err error
+		if ik, err = identityCurve(b.IdentityKey); err != nil {
+			return [32]byte{}, err
+		}
 	}
 	if !xeddsa.Verify(b.IdentityKey, cfg.EncodePublicKey(b.SignedPreKey), b.SignedPreKeySignature) {
 		return [32]byte{}, ErrBadSignature
