@@ -16,7 +16,7 @@ FUZZTIME="${FUZZTIME:-8s}"
 
 debs=(python3-omemo python3-twomemo python3-oldmemo python3-x3dh
       python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp
-      protobuf-compiler)
+      protobuf-compiler prosody)
 missing=()
 for p in "${debs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

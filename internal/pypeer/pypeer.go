@@ -135,8 +135,14 @@ type Peer struct {
 // wait for the peer to be ready: the first request gets StartTimeout.
 func Start(tb testing.TB) *Peer {
 	tb.Helper()
+	return start(tb, "peer.py")
+}
+
+// start runs testdata/interop/<name> with the oracle interpreter; see Start.
+func start(tb testing.TB, name string) *Peer {
+	tb.Helper()
 	python := oracle.Require(tb)
-	script := filepath.Join(oracle.RepoRoot(), "testdata", "interop", "peer.py")
+	script := filepath.Join(oracle.RepoRoot(), "testdata", "interop", name)
 	cmd := exec.Command(python, script)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -196,22 +202,40 @@ func (p *Peer) readLoop(stdout io.Reader, done chan<- struct{}) {
 // call sends one request and decodes its response. A transport failure kills
 // the peer and makes every later call fail.
 func (p *Peer) call(req map[string]any) (*response, error) {
+	var resp response
+	if err := p.callInto(req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// envelope is the part of every response that callInto checks.
+type envelope struct {
+	OK     bool     `json:"ok"`
+	Error  string   `json:"error"`
+	Causes []string `json:"causes"`
+	ID     *uint64  `json:"id"`
+}
+
+// callInto sends one request and decodes a successful response into out. A
+// transport failure kills the peer and makes every later call fail.
+func (p *Peer) callInto(req map[string]any, out any) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.dead != nil {
-		return nil, p.dead
+		return p.dead
 	}
 	p.nextID++
 	id := p.nextID
 	req["id"] = id
 	line, err := json.Marshal(req)
 	if err != nil {
-		return nil, fmt.Errorf("pypeer: encoding request: %w", err)
+		return fmt.Errorf("pypeer: encoding request: %w", err)
 	}
-	fail := func(err error) (*response, error) {
+	fail := func(err error) error {
 		p.dead = fmt.Errorf("%w (stderr: %s)", err, p.stderr.tail(2000))
 		_ = p.cmd.Process.Kill()
-		return nil, p.dead
+		return p.dead
 	}
 	if _, err := p.stdin.Write(append(line, '\n')); err != nil {
 		return fail(fmt.Errorf("%w: writing request: %v", ErrPeerDead, err))
@@ -223,19 +247,22 @@ func (p *Peer) call(req map[string]any) (*response, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
-	case out := <-p.lines:
+	case got := <-p.lines:
 		p.started = true
-		var resp response
-		if err := json.Unmarshal(out, &resp); err != nil {
-			return fail(fmt.Errorf("%w: bad response %q: %v", ErrPeerDead, out, err))
+		var env envelope
+		if err := json.Unmarshal(got, &env); err != nil {
+			return fail(fmt.Errorf("%w: bad response %q: %v", ErrPeerDead, got, err))
 		}
-		if resp.ID == nil || *resp.ID != id {
-			return fail(fmt.Errorf("%w: response %q does not answer request %d", ErrPeerDead, out, id))
+		if env.ID == nil || *env.ID != id {
+			return fail(fmt.Errorf("%w: response %q does not answer request %d", ErrPeerDead, got, id))
 		}
-		if !resp.OK {
-			return nil, &Error{Op: fmt.Sprint(req["op"]), Message: resp.Error, Causes: resp.Causes}
+		if !env.OK {
+			return &Error{Op: fmt.Sprint(req["op"]), Message: env.Error, Causes: env.Causes}
 		}
-		return &resp, nil
+		if err := json.Unmarshal(got, out); err != nil {
+			return fail(fmt.Errorf("%w: bad %v response %q: %v", ErrPeerDead, req["op"], got, err))
+		}
+		return nil
 	case err := <-p.readErr:
 		return fail(err)
 	case <-timer.C:

@@ -1,0 +1,424 @@
+// Package prosodytest starts a throw-away Prosody server for integration
+// tests.
+//
+// Start writes a generated configuration, a self-signed certificate and the
+// test accounts into a fresh temporary directory, launches Debian's
+// /usr/bin/prosody in the foreground on 127.0.0.1 (c2s on a free port, no
+// s2s, no HTTP), waits until the port accepts connections and stops the
+// server again in t.Cleanup.
+// Nothing is resolved through DNS: the server's only virtual host is
+// "localhost" and Dial connects to the loopback address directly.
+//
+// The server loads the modules an OMEMO client depends on: roster, saslauth,
+// tls, disco, pep (with a large pep_max_items), carbons, mam (everything
+// archived, nothing expires), offline and ping.
+//
+// When prosody is not installed the test is skipped, unless the environment
+// variable CI is "true", in which case it fails, so that a green CI run can
+// never hide a missing dependency (install it with `apt-get install -y
+// prosody`).
+//
+// The approach (generated config, loopback port, prosodyctl for accounts)
+// follows the integration harness of mellium.im/xmpp; the code is our own.
+package prosodytest // import "mellium.im/omemo/internal/prosodytest"
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+)
+
+// Paths of the Debian binaries.
+const (
+	Prosody    = "/usr/bin/prosody"
+	Prosodyctl = "/usr/bin/prosodyctl"
+)
+
+// Domain is the only virtual host of the test server.
+const Domain = "localhost"
+
+// PEPMaxItems is the pep_max_items setting of the test server (the largest
+// pubsub#max_items a PEP node may be configured with; "max" means this).
+const PEPMaxItems = 10000
+
+// User is an account created on the test server before it starts.
+type User struct {
+	// Name is the localpart: lower-case ASCII letters and digits only.
+	Name string
+	// Password is the account password; "" means "password".
+	Password string
+	// Contacts are the names of other users this user has a mutual
+	// ("both") presence subscription with.
+	// The relationship is made symmetric automatically.
+	Contacts []string
+}
+
+// Server is a running Prosody test server.
+type Server struct {
+	// Addr is the c2s address, "127.0.0.1:<port>".
+	Addr string
+	// Domain is the virtual host (always "localhost").
+	Domain string
+	// Dir is the temporary directory with the config, data and log.
+	Dir string
+
+	users map[string]User
+	cfg   string
+}
+
+var validName = regexp.MustCompile(`^[a-z0-9]+$`)
+
+// Require skips the test (fails it with CI=true) when prosody is missing.
+func Require(tb testing.TB) {
+	tb.Helper()
+	for _, p := range []string{Prosody, Prosodyctl} {
+		if _, err := os.Stat(p); err != nil {
+			if os.Getenv("CI") == "true" {
+				tb.Fatalf("prosody unavailable in CI: %s not found (apt-get install -y prosody)", p)
+			}
+			tb.Skipf("prosody unavailable: %s not found (CI=true turns this into a failure)", p)
+		}
+	}
+}
+
+// Start creates the users, starts Prosody and returns once its c2s port
+// accepts connections.
+// The server is stopped (SIGTERM, then SIGKILL after 0.5 s) and its directory
+// removed in t.Cleanup.
+// On test failure the tail of the server log is written to the test log.
+func Start(t testing.TB, users ...User) *Server {
+	t.Helper()
+	Require(t)
+
+	dir := t.TempDir()
+	srv := &Server{
+		Domain: Domain,
+		Dir:    dir,
+		users:  make(map[string]User),
+		cfg:    filepath.Join(dir, "prosody.cfg.lua"),
+	}
+	for _, u := range users {
+		if !validName.MatchString(u.Name) {
+			t.Fatalf("prosodytest: invalid user name %q", u.Name)
+		}
+		if u.Password == "" {
+			u.Password = "password"
+		}
+		if _, dup := srv.users[u.Name]; dup {
+			t.Fatalf("prosodytest: duplicate user %q", u.Name)
+		}
+		srv.users[u.Name] = u
+	}
+
+	if err := writeCert(dir, Domain); err != nil {
+		t.Fatalf("prosodytest: certificate: %v", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatalf("prosodytest: %v", err)
+	}
+	srv.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := os.WriteFile(srv.cfg, []byte(config(dir, port)), 0o600); err != nil {
+		t.Fatalf("prosodytest: %v", err)
+	}
+
+	// Accounts and rosters go into the internal storage before the server
+	// starts, so there is no window in which a test could log in too early.
+	for _, name := range srv.sortedUsers() {
+		u := srv.users[name]
+		out, err := exec.Command(Prosodyctl, "--config", srv.cfg, "register", u.Name, Domain, u.Password).CombinedOutput()
+		if err != nil {
+			t.Fatalf("prosodytest: register %s: %v\n%s", u.Name, err, out)
+		}
+	}
+	if err := srv.writeRosters(); err != nil {
+		t.Fatalf("prosodytest: %v", err)
+	}
+
+	cmd := exec.Command(Prosody, "--config", srv.cfg, "-F")
+	cmd.Dir = dir
+	var console bytes.Buffer
+	cmd.Stdout = &console
+	cmd.Stderr = &console
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("prosodytest: start prosody: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(500 * time.Millisecond):
+			// Prosody's graceful shutdown can wait for a network-loop
+			// tick of up to a second; the data is thrown away anyway.
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			srv.logTail(t)
+		}
+	})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp4", srv.Addr, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("prosodytest: prosody exited during start-up:\n%s", console.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prosodytest: prosody did not listen on %s within 10s: %v", srv.Addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return srv
+}
+
+// JID returns the bare JID of the named user.
+func (s *Server) JID(name string) jid.JID {
+	return jid.MustParse(name + "@" + s.Domain)
+}
+
+// Password returns the password of the named user.
+func (s *Server) Password(name string) string {
+	return s.users[name].Password
+}
+
+// DialSession connects the named user: TCP to Addr, STARTTLS (the test
+// certificate is not verified), SASL (SCRAM-SHA-256, SCRAM-SHA-1 or PLAIN)
+// and resource binding.
+// The server picks the resource; the full JID is s.LocalAddr().
+// The caller must run Serve and Close the session.
+func (s *Server) DialSession(ctx context.Context, name string) (*xmpp.Session, error) {
+	u, ok := s.users[name]
+	if !ok {
+		return nil, fmt.Errorf("prosodytest: unknown user %q", name)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp4", s.Addr)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := xmpp.NewClientSession(ctx, s.JID(name), conn,
+		xmpp.StartTLS(&tls.Config{
+			ServerName: s.Domain,
+			// #nosec G402 -- loopback test server with a throw-away certificate.
+			InsecureSkipVerify: true,
+			MinVersion:         tls.VersionTLS12,
+		}),
+		xmpp.SASL("", u.Password, sasl.ScramSha256, sasl.ScramSha1, sasl.Plain),
+		xmpp.BindResource(),
+	)
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// Dial is DialSession for tests: it fails the test on error, runs
+// sess.Serve(h) in a goroutine (h may be nil) and closes the session in
+// t.Cleanup, waiting for Serve to return.
+func (s *Server) Dial(t testing.TB, name string, h xmpp.Handler) *xmpp.Session {
+	t.Helper()
+	// The dial context is cancelled only after the session is closed:
+	// mellium (v0.23.0) watches it in a goroutine that can still put a
+	// deadline in the past on the connection after the call returned, which
+	// would corrupt a TLS write in flight (setDeadline/setWriteDeadline in
+	// session.go select between the two cancellations at random).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sess, err := s.DialSession(ctx, name)
+	if err != nil {
+		cancel()
+		t.Fatalf("prosodytest: dial %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = sess.Serve(h)
+	}()
+	t.Cleanup(func() {
+		defer cancel()
+		_ = sess.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = sess.Conn().Close()
+			<-done
+		}
+	})
+	return sess
+}
+
+func (s *Server) sortedUsers() []string {
+	names := make([]string, 0, len(s.users))
+	for n := range s.users {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// writeRosters stores mutual subscriptions in Prosody's internal storage
+// (data/<host>/roster/<user>.dat, a Lua table).
+func (s *Server) writeRosters() error {
+	contacts := make(map[string]map[string]bool)
+	for _, u := range s.users {
+		for _, c := range u.Contacts {
+			if _, ok := s.users[c]; !ok || c == u.Name {
+				return fmt.Errorf("user %q: invalid contact %q", u.Name, c)
+			}
+			for _, pair := range [][2]string{{u.Name, c}, {c, u.Name}} {
+				if contacts[pair[0]] == nil {
+					contacts[pair[0]] = make(map[string]bool)
+				}
+				contacts[pair[0]][pair[1]] = true
+			}
+		}
+	}
+	if len(contacts) == 0 {
+		return nil
+	}
+	rosterDir := filepath.Join(s.Dir, "data", Domain, "roster")
+	if err := os.MkdirAll(rosterDir, 0o700); err != nil {
+		return err
+	}
+	for user, cs := range contacts {
+		names := make([]string, 0, len(cs))
+		for c := range cs {
+			names = append(names, c)
+		}
+		sort.Strings(names)
+		var b strings.Builder
+		b.WriteString("return {\n\t[false] = { version = 1; pending = {}; };\n")
+		for _, c := range names {
+			fmt.Fprintf(&b, "\t[%q] = { subscription = \"both\"; groups = {}; };\n", c+"@"+Domain)
+		}
+		b.WriteString("};\n")
+		if err := os.WriteFile(filepath.Join(rosterDir, user+".dat"), []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) logTail(t testing.TB) {
+	b, err := os.ReadFile(filepath.Join(s.Dir, "prosody.log"))
+	if err != nil {
+		return
+	}
+	const max = 16 << 10
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	t.Logf("prosody log (tail):\n%s", b)
+}
+
+// freePort asks the kernel for a free port.
+// There is a small window in which another process could take it.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+func config(dir string, port int) string {
+	q := strconv.Quote
+	return `-- Generated by mellium.im/omemo/internal/prosodytest.
+run_as_root = true
+pidfile = ` + q(filepath.Join(dir, "prosody.pid")) + `
+data_path = ` + q(filepath.Join(dir, "data")) + `
+certificates = ` + q(dir) + `
+interfaces = { "127.0.0.1" }
+c2s_interfaces = { "127.0.0.1" }
+c2s_ports = { ` + strconv.Itoa(port) + ` }
+use_ipv6 = false
+modules_enabled = {
+	"roster"; "saslauth"; "tls"; "disco"; "pep"; "carbons"; "mam";
+	"offline"; "ping";
+}
+modules_disabled = { "s2s"; "http"; "admin_telnet"; "register" }
+allow_registration = false
+c2s_require_encryption = true
+authentication = "internal_plain"
+storage = "internal"
+pep_max_items = ` + strconv.Itoa(PEPMaxItems) + `
+archive_expires_after = "never"
+default_archive_policy = true
+log = {
+	{ levels = { min = "warn" }, to = "console" };
+	{ levels = { min = "debug" }, to = "file", filename = ` + q(filepath.Join(dir, "prosody.log")) + ` };
+}
+VirtualHost "` + Domain + `"
+`
+}
+
+// writeCert writes <dir>/<host>.crt and <dir>/<host>.key, a self-signed
+// ECDSA P-256 certificate that Prosody finds through `certificates`.
+func writeCert(dir, host string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	k := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	if err := os.WriteFile(filepath.Join(dir, host+".crt"), crt, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, host+".key"), k, 0o600)
+}

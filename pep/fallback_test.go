@@ -1,0 +1,209 @@
+package pep_test
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"mellium.im/omemo/pep"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+	"mellium.im/xmpp/stream"
+)
+
+type formField struct {
+	Var   string `xml:"var,attr"`
+	Value string `xml:"value"`
+}
+
+type fakeIQ struct {
+	ID     string `xml:"id,attr"`
+	PubSub struct {
+		Publish   *struct{} `xml:"publish"`
+		Configure *struct {
+			Fields []formField `xml:"x>field"`
+		} `xml:"configure"`
+		Options *struct {
+			Fields []formField `xml:"x>field"`
+		} `xml:"publish-options"`
+	} `xml:",any"`
+}
+
+func maxItemsOf(fs []formField) string {
+	for _, f := range fs {
+		if f.Var == pep.FieldMaxItems {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+// fakeServer runs a client session against a scripted server: reply gets
+// the operation ("publish" or "configure") and the max_items value and
+// returns the error condition XML to answer with, or "" for success.
+// It returns the session and the log of requests.
+func fakeServer(t *testing.T, reply func(op, max string) string) (*xmpp.Session, *[]string) {
+	t.Helper()
+	client, server := net.Pipe()
+	var log []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := io.WriteString(server, `<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='1' version='1.0'>`); err != nil {
+			return
+		}
+		d := xml.NewDecoder(server)
+		for {
+			tok, err := d.Token()
+			if err != nil {
+				return
+			}
+			start, ok := tok.(xml.StartElement)
+			if !ok || start.Name.Local != "iq" {
+				continue
+			}
+			var iq fakeIQ
+			if err := d.DecodeElement(&iq, &start); err != nil {
+				return
+			}
+			var op, max string
+			switch {
+			case iq.PubSub.Publish != nil:
+				op = "publish"
+				if iq.PubSub.Options != nil {
+					max = maxItemsOf(iq.PubSub.Options.Fields)
+				}
+			case iq.PubSub.Configure != nil:
+				op, max = "configure", maxItemsOf(iq.PubSub.Configure.Fields)
+			}
+			log = append(log, op+" "+max)
+			resp := fmt.Sprintf(`<iq type='result' id='%s'/>`, iq.ID)
+			if cond := reply(op, max); cond != "" {
+				resp = fmt.Sprintf(`<iq type='error' id='%s'><error type='cancel'>%s</error></iq>`, iq.ID, cond)
+			}
+			if _, err := io.WriteString(server, resp); err != nil {
+				return
+			}
+		}
+	}()
+
+	negotiate := func(ctx context.Context, in, out *stream.Info, s *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, interface{}, error) {
+		r := s.TokenReader()
+		defer r.Close()
+		_, err := r.Token() // the server's stream header
+		return xmpp.Ready, nil, nil, err
+	}
+	// The context is cancelled only after the session is gone: mellium
+	// v0.23.0 watches it in a goroutine that may still set a deadline on
+	// the connection after NewSession returned (see prosodytest.Dial).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	s, err := xmpp.NewSession(ctx, jid.MustParse("localhost"), jid.MustParse("alice@localhost/r"), client, 0, negotiate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = s.Serve(nil)
+	}()
+	t.Cleanup(func() {
+		_ = client.Close()
+		_ = server.Close()
+		<-served
+		<-done
+	})
+	return s, &log
+}
+
+const (
+	condPrecondition  = `<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/>`
+	condNotAcceptable = `<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condBadRequest    = `<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condForbidden     = `<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+)
+
+func TestPublishRecovery(t *testing.T) {
+	for i, tc := range []struct {
+		opts  pep.PublishOptions
+		reply func(op, max string) string
+		want  []string
+		err   error
+	}{
+		// Node exists with another config: reconfigure, retry.
+		0: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: "1"},
+			reply: func() func(op, max string) string {
+				n := 0
+				return func(op, max string) string {
+					n++
+					if n == 1 {
+						return condPrecondition
+					}
+					return ""
+				}
+			}(),
+			want: []string{"publish 1", "configure 1", "publish 1"}},
+		// A service that rejects "max" (and 1000) in publish-options and in
+		// the configuration form ends up with 100.
+		1: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
+			reply: func(op, max string) string {
+				switch {
+				case max == "max" && op == "publish":
+					return condPrecondition
+				case max == "max" || max == "1000":
+					return condNotAcceptable
+				}
+				return ""
+			},
+			want: []string{"publish max", "configure max", "publish 1000", "publish 100"}},
+		// Every value rejected: the last error is returned.
+		2: {opts: pep.PublishOptions{MaxItems: pep.MaxItemsMax},
+			reply: func(op, max string) string { return condBadRequest },
+			want:  []string{"publish max", "publish 1000", "publish 100", "publish 10"},
+			err:   stanza.Error{Condition: stanza.BadRequest}},
+		// Forbidden is final.
+		3: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
+			reply: func(op, max string) string { return condForbidden },
+			want:  []string{"publish max"},
+			err:   pep.ErrForbidden},
+		// A number other than max has no fallback.
+		4: {opts: pep.PublishOptions{MaxItems: "5"},
+			reply: func(op, max string) string { return condNotAcceptable },
+			want:  []string{"publish 5"},
+			err:   stanza.Error{Condition: stanza.NotAcceptable}},
+		// Reconfiguring fails for a reason other than the value.
+		5: {opts: pep.PublishOptions{AccessModel: "open"},
+			reply: func(op, max string) string {
+				if op == "publish" {
+					return condPrecondition
+				}
+				return condForbidden
+			},
+			want: []string{"publish ", "configure "},
+			err:  pep.ErrForbidden},
+	} {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			s, log := fakeServer(t, tc.reply)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := pep.Publish(ctx, s, "node", "id", payload("p", "x"), tc.opts)
+			if tc.err == nil && err != nil {
+				t.Fatalf("publish: %v", err)
+			}
+			if tc.err != nil && !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if !reflect.DeepEqual(*log, tc.want) {
+				t.Fatalf("requests %q, want %q", *log, tc.want)
+			}
+		})
+	}
+}
