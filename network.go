@@ -1,0 +1,215 @@
+package omemo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"mellium.im/omemo/bundle"
+	"mellium.im/omemo/devicelist"
+	"mellium.im/omemo/encrypted"
+	"mellium.im/omemo/ns"
+	"mellium.im/omemo/pep"
+	"mellium.im/omemo/session"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+)
+
+// Namespaces of the stanza hints written next to <encrypted>.
+const (
+	nsHints = "urn:xmpp:hints"
+)
+
+// errEmptyJID is returned when a message is to be sent to no one.
+var errEmptyJID = errors.New("omemo: empty recipient JID")
+
+// pepNetwork implements session.Network over an XMPP session: bundles and
+// device lists live in the account's PEP service (packages bundle and
+// devicelist), messages are sent as chat message stanzas.
+//
+// Its methods send IQs and wait for the answer, so they must not be called
+// from inside an xmpp.Handler of the session (the session manager calls
+// them from the caller's goroutine or its own background worker).
+type pepNetwork struct {
+	s *xmpp.Session
+}
+
+// newNetwork returns the session.Network of s.
+func newNetwork(s *xmpp.Session) session.Network {
+	return pepNetwork{s: s}
+}
+
+// parseBare parses an untrusted JID string and returns its bare form; ""
+// is the zero JID (the own account).
+func parseBare(s string) (jid.JID, error) {
+	if s == "" {
+		return jid.JID{}, nil
+	}
+	j, err := jid.Parse(s)
+	if err != nil {
+		return jid.JID{}, fmt.Errorf("omemo: invalid JID %.64q: %w", s, err)
+	}
+	return j.Bare(), nil
+}
+
+// UploadBundle implements session.Network.
+func (n pepNetwork) UploadBundle(ctx context.Context, deviceID uint32, b bundle.Bundle) error {
+	return bundle.Publish(ctx, n.s, deviceID, b)
+}
+
+// DownloadBundle implements session.Network.
+// A bundle that was never published (or may not be read) is an error that
+// matches both session.ErrBundleNotFound and pep.ErrNotFound.
+func (n pepNetwork) DownloadBundle(ctx context.Context, namespace, owner string, deviceID uint32) (bundle.Bundle, error) {
+	j, err := parseBare(owner)
+	if err != nil {
+		return bundle.Bundle{}, err
+	}
+	b, err := bundle.Fetch(ctx, n.s, j, namespace, deviceID)
+	if errors.Is(err, pep.ErrNotFound) {
+		return bundle.Bundle{}, fmt.Errorf("%w: %w", session.ErrBundleNotFound, err)
+	}
+	return b, err
+}
+
+// DeleteBundle implements session.Network.
+func (n pepNetwork) DeleteBundle(ctx context.Context, namespace string, deviceID uint32) error {
+	return bundle.Delete(ctx, n.s, namespace, deviceID)
+}
+
+// UploadDeviceList implements session.Network.
+func (n pepNetwork) UploadDeviceList(ctx context.Context, l devicelist.List) error {
+	return devicelist.Publish(ctx, n.s, l)
+}
+
+// DownloadDeviceList implements session.Network.
+func (n pepNetwork) DownloadDeviceList(ctx context.Context, namespace, owner string) (devicelist.List, error) {
+	j, err := parseBare(owner)
+	if err != nil {
+		return devicelist.List{}, err
+	}
+	return devicelist.Fetch(ctx, n.s, j, namespace)
+}
+
+// SendMessage implements session.Network: it sends
+//
+//	<message type='chat' to='bare JID' id='random'>
+//	  <encrypted …/>
+//	  <store xmlns='urn:xmpp:hints'/>
+//	  <encryption xmlns='urn:xmpp:eme:0' namespace='…' name='…'/>
+//	</message>
+//
+// The store hint keeps the message in offline storage and MAM, so that a
+// key exchange answer also reaches devices that are offline.
+func (n pepNetwork) SendMessage(ctx context.Context, to string, msg *encrypted.Encrypted) error {
+	if to == "" {
+		return errEmptyJID
+	}
+	j, err := parseBare(to)
+	if err != nil {
+		return err
+	}
+	toks, err := messageTokens(j, msg)
+	if err != nil {
+		return err
+	}
+	return sendDetached(ctx, n.s, toks)
+}
+
+// messageTokens builds the whole message stanza in memory: Session.Send
+// holds the output lock while it reads the stanza, so nothing that can fail
+// or block may happen while it is sent.
+func messageTokens(to jid.JID, msg *encrypted.Encrypted) ([]xml.Token, error) {
+	if msg == nil {
+		return nil, errors.New("omemo: no message to send")
+	}
+	name := emeName(msg.Namespace)
+	if name == "" {
+		return nil, fmt.Errorf("%w: %.64q", encrypted.ErrUnknownNamespace, msg.Namespace)
+	}
+	enc, err := xmlstream.ReadAll(msg.TokenReader())
+	if err != nil {
+		return nil, fmt.Errorf("omemo: encoding message: %w", err)
+	}
+	m := stanza.Message{ID: rand.Text(), To: to, Type: stanza.ChatMessage}
+	return xmlstream.ReadAll(m.Wrap(xmlstream.MultiReader(
+		tokenSlice(enc),
+		xmlstream.Wrap(nil, xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}),
+		xmlstream.Wrap(nil, xml.StartElement{
+			Name: xml.Name{Space: ns.EME, Local: "encryption"},
+			Attr: []xml.Attr{
+				{Name: xml.Name{Local: "namespace"}, Value: msg.Namespace},
+				{Name: xml.Name{Local: "name"}, Value: name},
+			},
+		}),
+	)))
+}
+
+// emeName returns the XEP-0380 name of an OMEMO namespace.
+func emeName(namespace string) string {
+	switch namespace {
+	case ns.OMEMO2:
+		return "OMEMO 2"
+	case ns.Legacy:
+		return "OMEMO"
+	}
+	return ""
+}
+
+// tokenSlice returns a reader over copies of toks (the session's encoder may
+// modify attribute slices in place).
+func tokenSlice(toks []xml.Token) xml.TokenReader {
+	i := 0
+	return xmlstream.ReaderFunc(func() (xml.Token, error) {
+		if i >= len(toks) {
+			return nil, io.EOF
+		}
+		i++
+		return xml.CopyToken(toks[i-1]), nil
+	})
+}
+
+// sendDetached sends toks with s.Send, such that ctx can abort the write but
+// its cancellation after Send returned cannot reach the connection.
+//
+// mellium (v0.23.0) watches the context of a write in a goroutine that,
+// when the context is done, puts the connection's write deadline in the
+// past; that goroutine may still run after Send has returned and another
+// goroutine has started writing, which corrupts that write (a TLS
+// connection is unusable after a write timeout). Callers routinely cancel
+// their context right after a call returns, so the context handed to Send
+// is cancelled only while Send is still running.
+func sendDetached(ctx context.Context, s *xmpp.Session, toks []xml.Token) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sendCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var (
+		mu       sync.Mutex
+		returned bool
+	)
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !returned {
+			cancel()
+		}
+	})
+	err := s.Send(sendCtx, tokenSlice(toks))
+	mu.Lock()
+	returned = true
+	mu.Unlock()
+	stop()
+	// sendCtx is deliberately not cancelled now: its parent has no Done
+	// channel, so dropping it leaks nothing.
+	if err != nil {
+		return fmt.Errorf("omemo: sending message: %w", err)
+	}
+	return nil
+}
