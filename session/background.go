@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -129,6 +130,9 @@ func (m *Manager) rotateLoop(ctx context.Context) {
 	for {
 		next, err := m.RotateSignedPreKeys(ctx)
 		wait := next
+		if err != nil && (errors.Is(err, ErrClosed) || ctx.Err() != nil) {
+			return // closed (possibly before this first run): not a failure
+		}
 		if err != nil {
 			m.cfg.OnError(err)
 			wait = retry

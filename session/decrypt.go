@@ -162,6 +162,9 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		return nil
 	})
 	if err != nil {
+		if isMessageError(err) {
+			return nil, err
+		}
 		return nil, storageErr(err)
 	}
 	if usedPreKey {
@@ -173,6 +176,23 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		})
 	}
 	return out, nil
+}
+
+// isMessageError tells errors caused by the message (it is malformed, does
+// not authenticate, repeats, or its key exchange is unusable) from failures
+// of the store, so that only the latter are reported as ErrStorage.
+func isMessageError(err error) bool {
+	for _, target := range []error{
+		ErrNoSession, ErrPublicDataInconsistency,
+		backends.ErrMalformed, backends.ErrVersion, backends.ErrAuthentication,
+		backends.ErrDecryption, backends.ErrKeyExchange, backends.ErrInvalidKeyMaterial,
+		backends.ErrDuplicateMessage, backends.ErrTooManySkipped,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // sender finds the sending device, refreshing the sender's device list
@@ -216,7 +236,11 @@ func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint3
 	if err != nil {
 		return err
 	}
-	return m.updateLocked(ctx, func(tx store.Tx) error {
+	// The advanced ratchet is committed before the message leaves, and
+	// reverted (with the queue entry) if sending fails.
+	var msg *encrypted.Encrypted
+	txErr, sendErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
+		msg = nil
 		if dequeue {
 			if err := tx.Delete(keyQueue(ns, jid, dev)); err != nil {
 				return err
@@ -233,21 +257,26 @@ func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint3
 		if err != nil {
 			return err
 		}
-		msg, err := m.emptyMessage(be, s)
-		if err != nil {
+		if msg, err = m.emptyMessage(be, s); err != nil {
 			return err
 		}
 		if raw, err = s.MarshalBinary(); err != nil {
 			return err
 		}
-		if err := tx.Put(keySession(ns, jid, dev), raw); err != nil {
-			return err
+		return tx.Put(keySession(ns, jid, dev), raw)
+	}, func() error {
+		if msg == nil {
+			return nil
 		}
 		if err := m.net.SendMessage(ctx, jid, msg); err != nil {
 			return netErr("sending empty message", err)
 		}
 		return nil
 	})
+	if txErr != nil {
+		return storageErr(txErr)
+	}
+	return sendErr
 }
 
 func (m *Manager) emptyMessage(be backends.Backend, s backends.Session) (*encrypted.Encrypted, error) {

@@ -42,9 +42,11 @@ type EncryptResult struct {
 // stored then. Per-device failures are collected in the result.
 //
 // If deliver is not nil it is called with the result while the session
-// state is held; the new ratchet state is committed only if deliver returns
-// nil, so a message that was never handed over leaves no trace. deliver
-// must not call back into the Manager.
+// state is held, after the new ratchet state was committed (a message must
+// never be out while the state that produced it is not stored, or its
+// message key could be used again). If deliver fails, the sessions are
+// reverted, so a message that was never handed over leaves no trace.
+// deliver must not call back into the Manager.
 func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[string][]byte, deliver func(*EncryptResult) error) (*EncryptResult, error) {
 	if err := m.check(); err != nil {
 		return nil, err
@@ -193,7 +195,14 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	wg.Wait()
 
 	res := &EncryptResult{}
-	err := m.update(ctx, func(tx store.Tx) error {
+	// The new ratchet state is committed before the message is handed over
+	// (see updateThenSendLocked), and reverted if deliver fails.
+	var handOver func() error
+	if deliver != nil {
+		handOver = func() error { return deliver(res) }
+	}
+	m.mu.Lock()
+	err, deliverErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
 		res.Messages, res.Recipients, res.Failures = nil, nil, slices.Clone(failures)
 		reached := map[string]bool{}
 		for _, ns := range m.order {
@@ -249,17 +258,18 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 		if len(res.Messages) == 0 {
 			return &NoEligibleDevicesError{JIDs: []string{m.cfg.JID}, Failures: res.Failures}
 		}
-		if deliver != nil {
-			return deliver(res)
-		}
 		return nil
-	})
+	}, handOver)
+	m.mu.Unlock()
 	if err != nil {
 		var ne *NoEligibleDevicesError
 		if errors.As(err, &ne) {
 			return nil, err
 		}
 		return nil, storageErr(err)
+	}
+	if deliverErr != nil {
+		return nil, fmt.Errorf("omemo: delivering the message: %w", deliverErr)
 	}
 	return res, nil
 }

@@ -144,6 +144,99 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 	return err
 }
 
+// updateThenSendLocked commits f's changes and only then hands a message
+// over with send (which may be nil). A message must never leave before the
+// ratchet state that produced it is committed: if the commit failed (or the
+// process died) after the message went out, the next message would reuse
+// its message key, and the peer would drop it as a duplicate. If send
+// fails, the committed changes are reverted, so that a message that was
+// never handed over leaves no trace; should the revert fail too, the state
+// stays advanced, which only costs the peer one skipped message key.
+//
+// It returns the error of the transaction (nothing was sent) and the error
+// of send separately. The caller holds mu.
+func (m *Manager) updateThenSendLocked(ctx context.Context, f func(tx store.Tx) error, send func() error) (txErr, sendErr error) {
+	var undo *undoTx
+	if err := m.updateLocked(ctx, func(tx store.Tx) error {
+		undo = &undoTx{Tx: tx, old: map[string][]byte{}}
+		return f(undo)
+	}); err != nil {
+		return err, nil
+	}
+	if send == nil {
+		return nil, nil
+	}
+	if sendErr = send(); sendErr == nil {
+		return nil, nil
+	}
+	err := m.updateLocked(context.WithoutCancel(ctx), func(tx store.Tx) error {
+		for k, v := range undo.old {
+			var err error
+			if v == nil {
+				err = tx.Delete(k)
+			} else {
+				err = tx.Put(k, v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		// The revert may have touched key material: memory follows the store.
+		err = m.reloadBackendsLocked(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		m.cfg.OnError(fmt.Errorf("omemo: reverting state after a failed hand-over: %w", storageErr(err)))
+	}
+	return nil, sendErr
+}
+
+// undoTx records the previous value (nil if absent) of every key a
+// transaction writes, so that its changes can be reverted after commit.
+type undoTx struct {
+	store.Tx
+	old map[string][]byte
+}
+
+func (u *undoTx) save(key string) error {
+	if _, ok := u.old[key]; ok {
+		return nil
+	}
+	v, err := u.Tx.Get(key) // a present value is never nil
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		u.old[key] = nil
+	case err != nil:
+		return err
+	default:
+		u.old[key] = v
+	}
+	return nil
+}
+
+func (u *undoTx) Put(key string, value []byte) error {
+	if err := u.save(key); err != nil {
+		return err
+	}
+	return u.Tx.Put(key, value)
+}
+
+func (u *undoTx) Delete(key string) error {
+	if err := u.save(key); err != nil {
+		return err
+	}
+	return u.Tx.Delete(key)
+}
+
+func (u *undoTx) DeletePrefix(prefix string) error {
+	if err := u.Tx.Scan(prefix, func(key string, _ []byte) error { return u.save(key) }); err != nil {
+		return err
+	}
+	return u.Tx.DeletePrefix(prefix)
+}
+
 func (m *Manager) reloadBackendsLocked(ctx context.Context) error {
 	return m.store.View(ctx, func(tx store.Tx) error {
 		for _, f := range m.cfg.Backends {

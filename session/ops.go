@@ -171,7 +171,11 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 			out[ns] = netErr("downloading bundle", err)
 			continue
 		}
-		out[ns] = m.update(ctx, func(tx store.Tx) error {
+		// The new session is committed before its key exchange leaves, and
+		// reverted if sending fails.
+		var msg *encrypted.Encrypted
+		m.mu.Lock()
+		txErr, sendErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
 			be, err := m.backend(ns)
 			if err != nil {
 				return err
@@ -191,13 +195,20 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 			if err := tx.Put(keySession(ns, jid, dev), raw); err != nil {
 				return err
 			}
-			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV,
+			msg = &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV,
 				Keys: []encrypted.Key{{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data}}}
+			return nil
+		}, func() error {
 			if err := m.net.SendMessage(ctx, jid, msg); err != nil {
 				return netErr("sending empty message", err)
 			}
 			return nil
 		})
+		m.mu.Unlock()
+		out[ns] = sendErr
+		if txErr != nil {
+			out[ns] = storageErr(txErr)
+		}
 		if out[ns] == nil {
 			delete(out, ns)
 		}

@@ -3,8 +3,7 @@ package store
 import (
 	"context"
 	"errors"
-	"maps"
-	"slices"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,36 +13,55 @@ import (
 // the persistent store, except durability: its contents are lost when the
 // process exits. It is meant for tests and ephemeral clients.
 //
-// Each committed state is an immutable map. A read-only transaction works on
-// the map that was current when it started (a consistent snapshot, without
-// holding any lock); a read-write transaction copies the map on its first
-// write and publishes the copy on commit, so a rolled-back transaction leaves
-// no trace. Commits cost O(number of keys).
+// Each committed state is an immutable, persistent (path-copying) treap,
+// ordered by key. A read-only transaction works on the tree that was
+// current when it started (a consistent snapshot, without holding any
+// lock). A read-write transaction copies only the nodes on the paths to the
+// keys it changes (each node at most once per transaction) and publishes
+// its new root on commit, so a rolled-back transaction leaves no trace and
+// nothing it built is reachable from a committed state. A write costs
+// O(log n) and a commit O(1), whatever the number n of keys; a Scan costs
+// O(log n) plus the keys it visits.
 type Memory struct {
 	lc    lifecycle
 	wlock writeLock
+	seed  maphash.Seed // treap priorities; random, so that keys chosen by a peer cannot unbalance the tree
 
-	mu   sync.RWMutex      // guards data
-	data map[string][]byte // current committed state; never mutated
+	mu   sync.RWMutex // guards root
+	root *node        // current committed state; its nodes are never mutated
+
+	gen uint64 // generation of the last read-write transaction; guarded by wlock
 
 	commits   atomic.Uint64
 	rollbacks atomic.Uint64
+}
+
+// node is a treap node: a binary search tree by key and a max-heap by prio.
+// A node belongs to the transaction whose generation it carries and may be
+// modified in place by that transaction only; once committed (or reachable
+// from a committed root) it is immutable.
+type node struct {
+	key         string
+	val         []byte // never modified or handed out; Get and Scan copy it
+	prio        uint64
+	gen         uint64
+	left, right *node
 }
 
 // NewMemory returns an empty in-memory store.
 func NewMemory() *Memory {
 	m := &Memory{
 		wlock: make(writeLock, 1),
-		data:  map[string][]byte{},
+		seed:  maphash.MakeSeed(),
 	}
 	m.lc.init()
 	return m
 }
 
-func (s *Memory) snapshot() map[string][]byte {
+func (s *Memory) snapshot() *node {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.data
+	return s.root
 }
 
 // View implements [Store.View].
@@ -55,7 +73,7 @@ func (s *Memory) View(ctx context.Context, f func(Tx) error) error {
 		return err
 	}
 	defer s.lc.leave()
-	tx := &memTx{base: s.snapshot()}
+	tx := &memTx{root: s.snapshot()}
 	defer func() { tx.done = true }()
 	return f(tx)
 }
@@ -74,7 +92,9 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 	}
 	defer s.wlock.release()
 
-	tx := &memTx{base: s.snapshot(), writable: true}
+	s.gen++
+	base := s.snapshot()
+	tx := &memTx{root: base, writable: true, gen: s.gen, seed: s.seed}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -91,9 +111,9 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if tx.m != nil {
+	if tx.root != base {
 		s.mu.Lock()
-		s.data = tx.m
+		s.root = tx.root
 		s.mu.Unlock()
 	}
 	committed = true
@@ -106,7 +126,7 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 func (s *Memory) Close() error {
 	if s.lc.close() {
 		s.mu.Lock()
-		s.data = nil
+		s.root = nil
 		s.mu.Unlock()
 	}
 	return nil
@@ -118,18 +138,12 @@ func (s *Memory) Stats() Stats {
 }
 
 type memTx struct {
-	base     map[string][]byte // snapshot the transaction started from
-	m        map[string][]byte // private copy after the first write, else nil
+	root     *node  // the transaction's current state
+	gen      uint64 // generation of a read-write transaction, 0 for a View
+	seed     maphash.Seed
 	writable bool
 	scanning int
 	done     bool
-}
-
-func (tx *memTx) cur() map[string][]byte {
-	if tx.m != nil {
-		return tx.m
-	}
-	return tx.base
 }
 
 func (tx *memTx) writeable() error {
@@ -141,12 +155,6 @@ func (tx *memTx) writeable() error {
 	case tx.scanning > 0:
 		return errModifyDuringScan
 	}
-	if tx.m == nil {
-		tx.m = maps.Clone(tx.base)
-		if tx.m == nil {
-			tx.m = map[string][]byte{}
-		}
-	}
 	return nil
 }
 
@@ -157,11 +165,17 @@ func (tx *memTx) Get(key string) ([]byte, error) {
 	if err := checkKey(key); err != nil {
 		return nil, err
 	}
-	v, ok := tx.cur()[key]
-	if !ok {
-		return nil, notFound(key)
+	for n := tx.root; n != nil; {
+		switch {
+		case key < n.key:
+			n = n.left
+		case key > n.key:
+			n = n.right
+		default:
+			return clone(n.val), nil
+		}
 	}
-	return clone(v), nil
+	return nil, notFound(key)
 }
 
 func (tx *memTx) Put(key string, value []byte) error {
@@ -174,7 +188,7 @@ func (tx *memTx) Put(key string, value []byte) error {
 	if err := checkValue(value); err != nil {
 		return err
 	}
-	tx.m[key] = clone(value)
+	tx.root = tx.insert(tx.root, key, clone(value), maphash.String(tx.seed, key))
 	return nil
 }
 
@@ -185,7 +199,7 @@ func (tx *memTx) Delete(key string) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
-	delete(tx.m, key)
+	tx.root, _ = tx.remove(tx.root, key)
 	return nil
 }
 
@@ -193,35 +207,140 @@ func (tx *memTx) Scan(prefix string, f func(key string, value []byte) error) err
 	if tx.done {
 		return ErrTxDone
 	}
-	m := tx.cur()
-	var keys []string
-	for k := range m {
-		if strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
+	// The tree cannot change while the scan runs: writes fail meanwhile.
 	tx.scanning++
 	defer func() { tx.scanning-- }()
-	for _, k := range keys {
-		if err := f(k, clone(m[k])); err != nil {
-			if errors.Is(err, ErrStopScan) {
-				return nil
-			}
-			return err
-		}
+	_, err := walk(tx.root, prefix, func(n *node) error { return f(n.key, clone(n.val)) })
+	if errors.Is(err, ErrStopScan) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 func (tx *memTx) DeletePrefix(prefix string) error {
 	if err := tx.writeable(); err != nil {
 		return err
 	}
-	for k := range tx.m {
-		if strings.HasPrefix(k, prefix) {
-			delete(tx.m, k)
-		}
+	if prefix == "" {
+		tx.root = nil
+		return nil
+	}
+	var keys []string
+	_, _ = walk(tx.root, prefix, func(n *node) error {
+		keys = append(keys, n.key)
+		return nil
+	})
+	for _, k := range keys {
+		tx.root, _ = tx.remove(tx.root, k)
 	}
 	return nil
+}
+
+// own returns n itself if the transaction may modify it, else a copy that
+// it may modify.
+func (tx *memTx) own(n *node) *node {
+	if n.gen == tx.gen {
+		return n
+	}
+	c := *n
+	c.gen = tx.gen
+	return &c
+}
+
+// insert stores val under key in the subtree n and returns the new subtree
+// root, which the transaction owns.
+func (tx *memTx) insert(n *node, key string, val []byte, prio uint64) *node {
+	if n == nil {
+		return &node{key: key, val: val, prio: prio, gen: tx.gen}
+	}
+	switch {
+	case key < n.key:
+		l := tx.insert(n.left, key, val, prio)
+		n = tx.own(n)
+		n.left = l
+		if l.prio > n.prio { // rotate right; both nodes are owned
+			n.left, l.right = l.right, n
+			return l
+		}
+	case key > n.key:
+		r := tx.insert(n.right, key, val, prio)
+		n = tx.own(n)
+		n.right = r
+		if r.prio > n.prio { // rotate left
+			n.right, r.left = r.left, n
+			return r
+		}
+	default:
+		n = tx.own(n)
+		n.val = val
+	}
+	return n
+}
+
+// remove deletes key from the subtree n; it reports whether key was there
+// (if not, n is returned unchanged and nothing is copied).
+func (tx *memTx) remove(n *node, key string) (*node, bool) {
+	if n == nil {
+		return nil, false
+	}
+	switch {
+	case key < n.key:
+		l, ok := tx.remove(n.left, key)
+		if !ok {
+			return n, false
+		}
+		n = tx.own(n)
+		n.left = l
+	case key > n.key:
+		r, ok := tx.remove(n.right, key)
+		if !ok {
+			return n, false
+		}
+		n = tx.own(n)
+		n.right = r
+	default:
+		return tx.merge(n.left, n.right), true
+	}
+	return n, true
+}
+
+// merge joins two subtrees whose keys are all smaller in a than in b.
+func (tx *memTx) merge(a, b *node) *node {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	case a.prio > b.prio:
+		a = tx.own(a)
+		a.right = tx.merge(a.right, b)
+		return a
+	default:
+		b = tx.own(b)
+		b.left = tx.merge(a, b.left)
+		return b
+	}
+}
+
+// walk calls f, in key order, for every node of the subtree n whose key
+// has the prefix. It stops at the first error, and reports whether the
+// range of the prefix was left (so that callers stop too).
+func walk(n *node, prefix string, f func(*node) error) (bool, error) {
+	for n != nil {
+		if n.key >= prefix {
+			// Keys with the prefix are a contiguous range starting at
+			// prefix: the left subtree may hold some of them.
+			if stop, err := walk(n.left, prefix, f); stop || err != nil {
+				return stop, err
+			}
+			if !strings.HasPrefix(n.key, prefix) {
+				return true, nil // past the range
+			}
+			if err := f(n); err != nil {
+				return true, err
+			}
+		}
+		n = n.right
+	}
+	return false, nil
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // stateVersion is the first byte of the serialized state.
-const stateVersion = 1
+const stateVersion = 2
 
 const (
 	flagPeer = 1 << iota
@@ -15,12 +15,13 @@ const (
 	flagsAll = flagPeer | flagSend | flagRecv
 )
 
-// Serialized layout, version 1 (integers big-endian):
+// Serialized layout, version 2 (integers big-endian):
 //
-//	version  1   = 1
+//	version  1   = 2
 //	flags    1   bit 0 peer key set, bit 1 sending chain, bit 2 receiving chain
 //	rootKey  32
 //	ownPriv  32
+//	ownPub   32  (stored so that loading a session costs no scalar multiplication)
 //	peerPub  32  (zero if no peer key)
 //	sendCK   32  (zero if no sending chain)
 //	sendN    4
@@ -30,7 +31,7 @@ const (
 //	nPrev    1   number of superseded peer keys (<= 8), then nPrev × 32
 //	nSkipped 4   then nSkipped × (pub 32, n 4, mk 32), oldest first
 const (
-	fixedLen   = 1 + 1 + 32 + 32 + 32 + 32 + 4 + 4 + 32 + 4 + 1 + 4
+	fixedLen   = 1 + 1 + 32 + 32 + 32 + 32 + 32 + 4 + 4 + 32 + 4 + 1 + 4
 	skippedLen = 32 + 4 + 32
 )
 
@@ -55,6 +56,7 @@ func (s *State) MarshalBinary() ([]byte, error) {
 	b = append(b, flags)
 	b = append(b, s.r.rootKey[:]...)
 	b = append(b, s.r.ownPriv[:]...)
+	b = append(b, s.r.ownPub[:]...)
 	b = append(b, s.r.peerPub[:]...)
 	b = append(b, s.r.sendCK[:]...)
 	b = binary.BigEndian.AppendUint32(b, s.r.sendN)
@@ -121,6 +123,7 @@ func UnmarshalState(cfg *Config, data []byte) (*State, error) {
 	s.r.hasRecv = flags&flagRecv != 0
 	s.r.rootKey = r.key()
 	s.r.ownPriv = r.key()
+	s.r.ownPub = r.key()
 	s.r.peerPub = r.key()
 	s.r.sendCK = r.key()
 	s.r.sendN = r.u32()
@@ -185,9 +188,5 @@ func UnmarshalState(cfg *Config, data []byte) (*State, error) {
 		return nil, corrupt("wrong length")
 	}
 
-	s.r.ownPub, err = publicKey(&s.r.ownPriv)
-	if err != nil {
-		return nil, corrupt("invalid own ratchet key")
-	}
 	return s, nil
 }

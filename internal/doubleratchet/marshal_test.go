@@ -131,7 +131,7 @@ func TestUnmarshalCorrupt(t *testing.T) {
 	const prevOff = fixedLen - 5 // offset of nPrev
 	for name, data := range map[string][]byte{
 		"empty":         nil,
-		"version":       mut(func(b []byte) []byte { b[0] = 2; return b }),
+		"version":       mut(func(b []byte) []byte { b[0] = 1; return b }),
 		"flags":         mut(func(b []byte) []byte { b[1] |= 0x80; return b }),
 		"recv only":     mut(func(b []byte) []byte { b[1] = flagRecv | flagPeer; return b }),
 		"truncated":     good[:len(good)-1],
@@ -156,7 +156,7 @@ func TestUnmarshalCorrupt(t *testing.T) {
 	// Non-zero fields of an absent chain are rejected.
 	_, fresh := pair(t, testConfig())
 	b := snapshot(t, fresh)
-	b[1+1+32+32] = 1 // peerPub[0] without the peer flag
+	b[1+1+32+32+32] = 1 // peerPub[0] without the peer flag
 	if _, err := UnmarshalState(testConfig(), b); !errors.Is(err, ErrCorruptState) {
 		t.Errorf("non-canonical: err = %v", err)
 	}

@@ -904,8 +904,8 @@ type drState struct {
 }
 
 func decodeDR(b []byte) (*drState, error) {
-	const fixed = 1 + 1 + 32*4 + 4 + 4 + 32 + 4 + 1 + 4
-	if len(b) < fixed || b[0] != 1 {
+	const fixed = 1 + 1 + 32*5 + 4 + 4 + 32 + 4 + 1 + 4
+	if len(b) < fixed || b[0] != 2 {
 		return nil, errors.New("unexpected ratchet serialisation")
 	}
 	d := &drState{skipped: map[string][32]byte{}}
@@ -914,7 +914,9 @@ func decodeDR(b []byte) (*drState, error) {
 	b = b[2:]
 	key := func() (k [32]byte) { copy(k[:], b); b = b[32:]; return k }
 	u32 := func() uint32 { v := binary.BigEndian.Uint32(b); b = b[4:]; return v }
-	d.rootKey, d.ownPriv, d.peerPub, d.sendCK = key(), key(), key(), key()
+	d.rootKey, d.ownPriv = key(), key()
+	_ = key() // the stored own public key
+	d.peerPub, d.sendCK = key(), key()
 	d.sendN, d.pn = u32(), u32()
 	d.recvCK = key()
 	d.recvN = u32()
