@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,47 +12,23 @@ import (
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/bundle"
 	"mellium.im/omemo/devicelist"
-	"mellium.im/omemo/internal/xeddsa"
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
 )
 
-// deviceRecord is what is stored about one device of an account. Devices
-// are never forgotten: a device missing from a later list becomes inactive.
-type deviceRecord struct {
-	// Active maps each namespace the device was seen in to whether it is
-	// in the current device list of that namespace.
-	Active         map[string]bool `json:"active"`
-	Label          string          `json:"label,omitempty"`
-	LabelSignature []byte          `json:"labelsig,omitempty"`
-	IdentityKey    [32]byte        `json:"ik"`
-	HasIdentityKey bool            `json:"has_ik"`
-}
-
 func getDevice(tx store.Tx, jid string, dev uint32) (deviceRecord, error) {
-	var rec deviceRecord
 	raw, err := tx.Get(keyDevice(jid, dev))
 	if errors.Is(err, store.ErrNotFound) {
 		return deviceRecord{Active: map[string]bool{}}, nil
 	}
 	if err != nil {
-		return rec, err
+		return deviceRecord{}, err
 	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return rec, fmt.Errorf("corrupt device record: %w", err)
-	}
-	if rec.Active == nil {
-		rec.Active = map[string]bool{}
-	}
-	return rec, nil
+	return unmarshalRecord(raw)
 }
 
 func putDevice(tx store.Tx, jid string, dev uint32, rec deviceRecord) error {
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return tx.Put(keyDevice(jid, dev), raw)
+	return tx.Put(keyDevice(jid, dev), rec.marshal())
 }
 
 // devicesOf lists the stored devices of a JID, by id.
@@ -65,12 +40,9 @@ func devicesOf(tx store.Tx, jid string) (map[uint32]deviceRecord, error) {
 		if err != nil {
 			return nil
 		}
-		var rec deviceRecord
-		if err := json.Unmarshal(raw, &rec); err != nil {
-			return fmt.Errorf("corrupt device record: %w", err)
-		}
-		if rec.Active == nil {
-			rec.Active = map[string]bool{}
+		rec, err := unmarshalRecord(raw)
+		if err != nil {
+			return err
 		}
 		out[uint32(id)] = rec
 		return nil
@@ -240,8 +212,7 @@ func (m *Manager) info(tx store.Tx, jid string, id uint32, rec deviceRecord) (De
 	m.sortNamespaces(d.Namespaces)
 	m.sortNamespaces(d.Active)
 	own := jid == m.cfg.JID && id == m.devID
-	if rec.Label != "" && (own || rec.HasIdentityKey && len(rec.LabelSignature) == 64 &&
-		xeddsa.Verify(rec.IdentityKey, []byte(rec.Label), [64]byte(rec.LabelSignature))) {
+	if rec.LabelVerified {
 		d.Label = rec.Label
 	}
 	if own {

@@ -657,8 +657,11 @@ func TestInterop(t *testing.T) {
 				t.Fatalf("Python read the label as %q, want %q", devs[m.DeviceID()], label)
 			}
 		case errors.As(err, &pe) && strings.Contains(pe.Message, "labelsig"):
-			t.Skipf("known incompatibility: python-twomemo 1.0.x rejects the whole OMEMO 2 device list "+
-				"of a labelled device because of the labelsig attribute that XEP-0384 0.9 requires: %.200s", pe.Message)
+			// The documented trade-off: XEP-0384 0.9 requires labelsig,
+			// python-twomemo 1.0.x rejects it; devices without a label
+			// (the default) publish no labelsig and interoperate.
+			t.Logf("known incompatibility: python-twomemo 1.0.x rejects the OMEMO 2 device list "+
+				"of a labelled device because of labelsig: %.200s", pe.Message)
 		default:
 			t.Fatalf("Python rejected the OMEMO 2 list of a labelled Go device: %v", err)
 		}

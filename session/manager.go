@@ -156,15 +156,15 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 // It returns the error of the transaction (nothing was sent) and the error
 // of send separately. The caller holds mu.
 func (m *Manager) updateThenSendLocked(ctx context.Context, f func(tx store.Tx) error, send func() error) (txErr, sendErr error) {
+	if send == nil {
+		return m.updateLocked(ctx, f), nil
+	}
 	var undo *undoTx
 	if err := m.updateLocked(ctx, func(tx store.Tx) error {
 		undo = &undoTx{Tx: tx, old: map[string][]byte{}}
 		return f(undo)
 	}); err != nil {
 		return err, nil
-	}
-	if send == nil {
-		return nil, nil
 	}
 	if sendErr = send(); sendErr == nil {
 		return nil, nil
