@@ -63,6 +63,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	type target struct {
 		info DeviceInfo
 		ns   string
+		key  string // the session's storage key
 	}
 	var targets []target
 	var failures []DeviceError
@@ -108,7 +109,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 			if ns == "" {
 				continue
 			}
-			targets = append(targets, target{d, ns})
+			targets = append(targets, target{d, ns, keySession(ns, d.JID, d.DeviceID)})
 		}
 	}
 
@@ -172,7 +173,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	have := map[Recipient]bool{}
 	if err := m.store.View(ctx, func(tx store.Tx) error {
 		for _, t := range targets {
-			_, err := tx.Get(keySession(t.ns, t.info.JID, t.info.DeviceID))
+			_, err := tx.Get(t.key)
 			if err == nil {
 				have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
 			} else if !errors.Is(err, store.ErrNotFound) {
@@ -223,7 +224,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext}
 			for _, t := range group {
 				jid, dev := t.info.JID, t.info.DeviceID
-				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, km, have[Recipient{jid, dev, ns}])
+				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, have[Recipient{jid, dev, ns}])
 				if err != nil {
 					if isDeviceFailure(err) {
 						res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
@@ -235,7 +236,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 				if err != nil {
 					return err
 				}
-				if err := tx.Put(keySession(ns, jid, dev), raw); err != nil {
+				if err := tx.Put(t.key, raw); err != nil {
 					return err
 				}
 				msg.Keys = append(msg.Keys, encrypted.Key{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data})
@@ -276,9 +277,9 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 
 // encryptFor encrypts key material for one device, building an active
 // session from its bundle if there is none.
-func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, km []byte, haveSession bool) (backends.KeyElement, backends.Session, error) {
+func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, haveSession bool) (backends.KeyElement, backends.Session, error) {
 	if haveSession {
-		raw, err := tx.Get(keySession(ns, jid, dev))
+		raw, err := tx.Get(key)
 		if err == nil {
 			s, err := be.UnmarshalSession(raw)
 			if err != nil {

@@ -1,0 +1,221 @@
+package omemo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"slices"
+
+	"mellium.im/omemo/encrypted"
+	"mellium.im/omemo/ns"
+	"mellium.im/omemo/sce"
+	"mellium.im/omemo/session"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+)
+
+// SendResult describes a sent message.
+type SendResult struct {
+	// ID is the stanza id, which is also the origin-id.
+	ID string
+	// Recipients are the devices that got a key.
+	Recipients []session.Recipient
+	// Failures are devices that could not be encrypted for (for example
+	// without a published bundle); the message was sent to the others.
+	Failures []session.DeviceError
+}
+
+// SendOption changes how Send builds the message.
+type SendOption func(*sendOptions)
+
+type sendOptions struct {
+	id          string
+	fallback    string
+	hasFallback bool
+}
+
+// WithID sets the stanza id (and origin-id); a random one otherwise.
+func WithID(id string) SendOption {
+	return func(o *sendOptions) { o.id = id }
+}
+
+// WithFallbackBody replaces the plaintext fallback body of this message;
+// the empty string leaves it out.
+func WithFallbackBody(body string) SendOption {
+	return func(o *sendOptions) { o.fallback, o.hasFallback = body, true }
+}
+
+// Send encrypts body and sends it as a chat message to `to`, for every
+// device of the recipient and of the own account (but this one) that the
+// trust policy allows, each with the best backend it supports. When the
+// devices need both backends the stanza carries an OMEMO 2 and a legacy
+// <encrypted> element.
+//
+// The OMEMO 2 plaintext is an XEP-0420 envelope (rpad, time, to, from)
+// holding <body xmlns='jabber:client'>; legacy OMEMO encrypts the body
+// text. The stanza also carries the XEP-0380 <encryption/> hint, the
+// XEP-0334 <store/> hint (so body-less messages are archived), an XEP-0359
+// origin-id equal to the stanza id and the fallback body.
+//
+// Send fails closed: if the trust policy leaves a device undecided
+// (session.ErrStillUndecided) or no device of the recipient can be
+// encrypted for (*session.NoEligibleDevicesError), nothing is sent. All
+// network work (device lists, bundles) happens before the stanza is
+// written, and the ratchet state is committed only with the stanza
+// written (see session.Manager.Encrypt).
+//
+// Send must not be called from the Serve goroutine (it sends IQs); it may
+// be called from a Handler.
+func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...SendOption) (*SendResult, error) {
+	ctx, done := detach(ctx, p.workCtx)
+	defer done()
+	mgr, err := p.manager()
+	if err != nil {
+		return nil, err
+	}
+	bare := to.Bare()
+	if bare.Localpart() == "" && bare.Domainpart() == "" {
+		return nil, errEmptyJID
+	}
+	o := sendOptions{fallback: p.cfg.FallbackBody, hasFallback: !p.cfg.NoFallbackBody}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.id == "" {
+		o.id = rand.Text()
+	}
+	if !o.hasFallback {
+		o.fallback = ""
+	}
+
+	p.ensureDeviceLists(ctx, mgr, p.own, bare)
+
+	plaintexts := map[string][]byte{}
+	for _, namespace := range mgr.Namespaces() {
+		switch namespace {
+		case ns.OMEMO2:
+			env, err := sce.New(bodyContent(body), p.own, bare, p.cfg.Now(), p.cfg.Rand)
+			if err != nil {
+				return nil, fmt.Errorf("omemo: building the SCE envelope: %w", err)
+			}
+			raw, err := env.Marshal()
+			if err != nil {
+				return nil, fmt.Errorf("omemo: building the SCE envelope: %w", err)
+			}
+			plaintexts[namespace] = raw
+		case ns.Legacy:
+			plaintexts[namespace] = []byte(body)
+		}
+	}
+	res, err := mgr.Encrypt(ctx, []string{bare.String()}, plaintexts, func(r *session.EncryptResult) error {
+		toks, err := outgoingTokens(to, o.id, r.Messages, o.fallback)
+		if err != nil {
+			return err
+		}
+		return p.send(ctx, toks)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &SendResult{ID: o.id, Recipients: res.Recipients, Failures: res.Failures}, nil
+}
+
+// ensureDeviceLists downloads the device lists of the given accounts the
+// first time this plugin sends to them; later changes arrive as PEP
+// notifications. Failures are reported, not returned: encryption then
+// uses what is known and fails closed if that is nothing.
+func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, accounts ...jid.JID) {
+	for _, a := range accounts {
+		key := a.String()
+		p.mu.Lock()
+		done := p.refreshed[key]
+		p.mu.Unlock()
+		if done {
+			continue
+		}
+		err := mgr.RefreshDeviceLists(ctx, key)
+		if err != nil {
+			p.report(fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err))
+			devs, derr := mgr.Devices(ctx, key)
+			if derr != nil || len(devs) == 0 {
+				continue
+			}
+		}
+		p.mu.Lock()
+		p.refreshed[key] = true
+		p.mu.Unlock()
+	}
+}
+
+// bodyContent is the SCE content of a chat message.
+func bodyContent(body string) []byte {
+	var b bytes.Buffer
+	b.WriteString(`<body xmlns='jabber:client'>`)
+	_ = xml.EscapeText(&b, []byte(body))
+	b.WriteString(`</body>`)
+	return b.Bytes()
+}
+
+// outgoingTokens builds the whole message stanza in memory (Session.Send
+// holds the output lock while it reads it, so nothing may block or fail
+// then):
+//
+//	<message type='chat' to='…' id='…'>
+//	  <encrypted xmlns='urn:xmpp:omemo:2'>…</encrypted>
+//	  <encrypted xmlns='eu.siacs.conversations.axolotl'>…</encrypted>
+//	  <encryption xmlns='urn:xmpp:eme:0' namespace='…' name='…'/>
+//	  <store xmlns='urn:xmpp:hints'/>
+//	  <origin-id xmlns='urn:xmpp:sid:0' id='…'/>
+//	  <body>fallback</body>
+//	</message>
+//
+// OMEMO 2 comes first and names the EME hint whenever it is present.
+func outgoingTokens(to jid.JID, id string, msgs []*encrypted.Encrypted, fallback string) ([]xml.Token, error) {
+	if len(msgs) == 0 {
+		return nil, errors.New("omemo: nothing to send")
+	}
+	msgs = slices.Clone(msgs)
+	slices.SortStableFunc(msgs, func(a, b *encrypted.Encrypted) int {
+		return nsRank(a.Namespace) - nsRank(b.Namespace)
+	})
+	var parts []xml.TokenReader
+	for _, m := range msgs {
+		toks, err := xmlstream.ReadAll(m.TokenReader())
+		if err != nil {
+			return nil, fmt.Errorf("omemo: encoding message: %w", err)
+		}
+		parts = append(parts, tokenSlice(toks))
+	}
+	eme := msgs[0].Namespace
+	parts = append(parts,
+		xmlstream.Wrap(nil, xml.StartElement{
+			Name: xml.Name{Space: ns.EME, Local: "encryption"},
+			Attr: []xml.Attr{
+				{Name: xml.Name{Local: "namespace"}, Value: eme},
+				{Name: xml.Name{Local: "name"}, Value: emeName(eme)},
+			},
+		}),
+		xmlstream.Wrap(nil, xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}),
+		stanza.OriginID{ID: id}.TokenReader(),
+	)
+	if fallback != "" {
+		parts = append(parts, xmlstream.Wrap(
+			xmlstream.Token(xml.CharData(fallback)),
+			xml.StartElement{Name: xml.Name{Local: "body"}},
+		))
+	}
+	m := stanza.Message{ID: id, To: to, Type: stanza.ChatMessage}
+	return xmlstream.ReadAll(m.Wrap(xmlstream.MultiReader(parts...)))
+}
+
+// nsRank orders OMEMO 2 before legacy OMEMO.
+func nsRank(namespace string) int {
+	if namespace == ns.OMEMO2 {
+		return 0
+	}
+	return 1
+}
