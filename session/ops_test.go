@@ -142,4 +142,3 @@ func TestOwnLabelAndClearDeviceList(t *testing.T) {
 		t.Fatalf("refill threshold 24: %v", err)
 	}
 }
-
