@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/ns"
@@ -129,26 +130,34 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 // notifications. Failures are reported, not returned: encryption then
 // uses what is known and fails closed if that is nothing.
 func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, accounts ...jid.JID) {
+	// All accounts in parallel: a first message should cost one round of
+	// device-list fetches, then one round of bundle fetches.
+	var wg sync.WaitGroup
 	for _, a := range accounts {
-		key := a.String()
+		key := a.Bare().String()
 		p.mu.Lock()
 		done := p.refreshed[key]
 		p.mu.Unlock()
 		if done {
 			continue
 		}
-		err := mgr.RefreshDeviceLists(ctx, key)
-		if err != nil {
-			p.report(fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err))
-			devs, derr := mgr.Devices(ctx, key)
-			if derr != nil || len(devs) == 0 {
-				continue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := mgr.RefreshDeviceLists(ctx, key)
+			if err != nil {
+				p.report(fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err))
+				devs, derr := mgr.Devices(ctx, key)
+				if derr != nil || len(devs) == 0 {
+					return
+				}
 			}
-		}
-		p.mu.Lock()
-		p.refreshed[key] = true
-		p.mu.Unlock()
+			p.mu.Lock()
+			p.refreshed[key] = true
+			p.mu.Unlock()
+		}()
 	}
+	wg.Wait()
 }
 
 // bodyContent is the SCE content of a chat message.

@@ -83,10 +83,33 @@ func (m *Manager) RefreshDeviceList(ctx context.Context, ns, jid string) error {
 }
 
 // RefreshDeviceLists refreshes the device lists of jid in every namespace.
+// The lists are downloaded in parallel, so that this costs one round trip.
 func (m *Manager) RefreshDeviceLists(ctx context.Context, jid string) error {
-	var errs []error
-	for _, ns := range m.order {
-		errs = append(errs, m.RefreshDeviceList(ctx, ns, jid))
+	if err := m.check(); err != nil {
+		return err
+	}
+	nss := m.Namespaces()
+	lists := make([]devicelist.List, len(nss))
+	errs := make([]error, len(nss))
+	var wg sync.WaitGroup
+	for i, ns := range nss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := m.net.DownloadDeviceList(ctx, ns, jid)
+			if err != nil {
+				errs[i] = netErr("downloading device list of "+jid, err)
+				return
+			}
+			l.Namespace = ns
+			lists[i] = l
+		}()
+	}
+	wg.Wait()
+	for i := range nss {
+		if errs[i] == nil {
+			errs[i] = m.UpdateDeviceList(ctx, jid, lists[i])
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -276,104 +299,147 @@ func (m *Manager) OwnDevices(ctx context.Context) (DeviceInfo, []DeviceInfo, err
 // identity keys through bundles (in parallel). The bundles it downloaded
 // are added to cache; failures are returned per device.
 func (m *Manager) devices(ctx context.Context, jid string, cache *bundleCache) ([]DeviceInfo, map[uint32]deviceRecord, []DeviceError, error) {
-	var recs map[uint32]deviceRecord
+	all, err := m.devicesOfJIDs(ctx, []string{jid}, cache)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return all[0].infos, all[0].recs, all[0].failures, nil
+}
+
+// jidDevices is what devicesOfJIDs finds about one account.
+type jidDevices struct {
+	infos    []DeviceInfo
+	recs     map[uint32]deviceRecord
+	failures []DeviceError
+}
+
+// devicesOfJIDs returns the device information of several accounts with
+// one read transaction, discovering unknown identity keys through bundles
+// in parallel (one write transaction stores what was found). The bundles
+// downloaded are kept in cache.
+func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundleCache) ([]jidDevices, error) {
+	out := make([]jidDevices, len(jids))
 	if err := m.store.View(ctx, func(tx store.Tx) error {
-		var err error
-		recs, err = devicesOf(tx, jid)
-		return err
+		for i, jid := range jids {
+			recs, err := devicesOf(tx, jid)
+			if err != nil {
+				return err
+			}
+			out[i].recs = recs
+		}
+		return nil
 	}); err != nil {
-		return nil, nil, nil, storageErr(err)
+		return nil, storageErr(err)
 	}
 	if cache == nil {
 		cache = newBundleCache()
 	}
+
 	// Discover missing identity keys.
-	bes := m.snapshotBackends()
+	type ref struct {
+		i  int
+		id uint32
+	}
+	var bes map[string]backends.Backend
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var failures []DeviceError
-	found := map[uint32][32]byte{}
-	for id, rec := range recs {
-		if rec.HasIdentityKey {
-			continue
-		}
-		nss := []string{}
-		for ns := range rec.Active {
-			if _, ok := bes[ns]; ok {
-				nss = append(nss, ns)
+	found := map[ref][32]byte{}
+	for i, jid := range jids {
+		for id, rec := range out[i].recs {
+			if rec.HasIdentityKey {
+				continue
 			}
-		}
-		m.sortNamespaces(nss)
-		wg.Add(1)
-		go func(id uint32, nss []string) {
-			defer wg.Done()
-			var lastErr error = ErrBundleNotFound
-			for _, ns := range nss {
-				b, err := cache.get(ctx, m.net, ns, jid, id)
-				if err != nil {
-					lastErr = err
-					continue
+			if bes == nil {
+				bes = m.snapshotBackends()
+			}
+			nss := []string{}
+			for ns := range rec.Active {
+				if _, ok := bes[ns]; ok {
+					nss = append(nss, ns)
 				}
-				ik, err := bes[ns].BundleIdentityKey(b)
-				if err != nil {
-					lastErr = err
-					continue
+			}
+			m.sortNamespaces(nss)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var lastErr error = ErrBundleNotFound
+				for _, ns := range nss {
+					b, err := cache.get(ctx, m.net, ns, jid, id)
+					if err != nil {
+						lastErr = err
+						continue
+					}
+					ik, err := bes[ns].BundleIdentityKey(b)
+					if err != nil {
+						lastErr = err
+						continue
+					}
+					mu.Lock()
+					found[ref{i, id}] = ik
+					mu.Unlock()
+					return
 				}
 				mu.Lock()
-				found[id] = ik
+				out[i].failures = append(out[i].failures, DeviceError{JID: jid, DeviceID: id, Err: lastErr})
 				mu.Unlock()
-				return
-			}
-			mu.Lock()
-			failures = append(failures, DeviceError{JID: jid, DeviceID: id, Err: lastErr})
-			mu.Unlock()
-		}(id, nss)
+			}()
+		}
 	}
 	wg.Wait()
-	var infos []DeviceInfo
-	txn := m.store.View
-	if len(found) > 0 {
-		txn = m.store.Update
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	err := txn(ctx, func(tx store.Tx) error {
-		infos = infos[:0]
-		for id, ik := range found {
-			rec, err := getDevice(tx, jid, id)
+
+	build := func(tx store.Tx) error {
+		for r, ik := range found {
+			jid := jids[r.i]
+			rec, err := getDevice(tx, jid, r.id)
 			if err != nil {
 				return err
 			}
 			if !rec.HasIdentityKey {
 				rec.IdentityKey, rec.HasIdentityKey = ik, true
-				if err := putDevice(tx, jid, id, rec); err != nil {
+				if err := putDevice(tx, jid, r.id, rec); err != nil {
 					return err
 				}
 			}
-			r := recs[id]
-			r.IdentityKey, r.HasIdentityKey = rec.IdentityKey, true
-			recs[id] = r
+			old := out[r.i].recs[r.id]
+			old.IdentityKey, old.HasIdentityKey = rec.IdentityKey, true
+			old.LabelVerified = rec.LabelVerified
+			out[r.i].recs[r.id] = old
 		}
-		ids := make([]uint32, 0, len(recs))
-		for id := range recs {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
-			rec := recs[id]
-			if !rec.HasIdentityKey {
-				continue
+		for i, jid := range jids {
+			recs := out[i].recs
+			ids := make([]uint32, 0, len(recs))
+			for id := range recs {
+				ids = append(ids, id)
 			}
-			d, err := m.info(tx, jid, id, rec)
-			if err != nil {
-				return err
+			slices.Sort(ids)
+			out[i].infos = out[i].infos[:0]
+			for _, id := range ids {
+				rec := recs[id]
+				if !rec.HasIdentityKey {
+					continue
+				}
+				d, err := m.info(tx, jid, id, rec)
+				if err != nil {
+					return err
+				}
+				out[i].infos = append(out[i].infos, d)
 			}
-			infos = append(infos, d)
 		}
 		return nil
-	})
-	slices.SortFunc(failures, func(a, b DeviceError) int { return int(a.DeviceID) - int(b.DeviceID) })
-	return infos, recs, failures, storageErr(err)
+	}
+	var err error
+	if len(found) > 0 {
+		err = m.update(ctx, build)
+	} else {
+		err = m.store.View(ctx, build)
+	}
+	if err != nil {
+		return nil, storageErr(err)
+	}
+	for i := range out {
+		slices.SortFunc(out[i].failures, func(a, b DeviceError) int { return int(a.DeviceID) - int(b.DeviceID) })
+	}
+	return out, nil
 }
 
 // SetTrust stores the custom trust level of an identity key of jid.

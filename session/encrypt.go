@@ -68,32 +68,16 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	var targets []target
 	var failures []DeviceError
 	var known []trust.Device
-	// Device information of every recipient, identity keys discovered in
-	// parallel across recipients.
-	type devs struct {
-		infos []DeviceInfo
-		fails []DeviceError
-		err   error
+	// Device information of every recipient in one read, identity keys
+	// discovered in parallel across recipients.
+	results, err := m.devicesOfJIDs(ctx, all, cache)
+	if err != nil {
+		return nil, err
 	}
-	results := make([]devs, len(all))
 	var wg sync.WaitGroup
 	for i, jid := range all {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			infos, _, fails, err := m.devices(ctx, jid, cache)
-			results[i] = devs{infos, fails, err}
-		}()
-	}
-	wg.Wait()
-	for i, jid := range all {
 		r := results[i]
-		if r.err != nil {
-			return nil, r.err
-		}
-		for j := range r.fails {
-			failures = append(failures, r.fails[j])
-		}
+		failures = append(failures, r.failures...)
 		for _, d := range r.infos {
 			if jid == m.cfg.JID && d.DeviceID == m.devID {
 				continue
