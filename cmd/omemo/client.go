@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"mellium.im/omemo"
+	"mellium.im/omemo/ns"
+	"mellium.im/omemo/store"
+	"mellium.im/sasl"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/dial"
+	"mellium.im/xmpp/mux"
+	"mellium.im/xmpp/stanza"
+)
+
+// deviceLabel is the label of a device created by this command.
+const deviceLabel = "omemo CLI"
+
+// output writes results to stdout (text or JSON lines) and progress and
+// warnings to stderr. It is safe for concurrent use.
+type output struct {
+	json   bool
+	mu     sync.Mutex
+	stdout io.Writer
+	stderr io.Writer
+	enc    *json.Encoder
+}
+
+func newOutput(jsonOut bool, stdout, stderr io.Writer) *output {
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	return &output{json: jsonOut, stdout: stdout, stderr: stderr, enc: enc}
+}
+
+// progress reports a long step on stderr, unless -json is set.
+func (o *output) progress(format string, args ...any) {
+	if o.json {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	fmt.Fprintf(o.stderr, format+"\n", args...)
+}
+
+// warn writes a warning to stderr (also with -json).
+func (o *output) warn(format string, args ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	fmt.Fprintf(o.stderr, "omemo: warning: "+format+"\n", args...)
+}
+
+// result writes v as one JSON line with -json, text otherwise.
+func (o *output) result(v any, text string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.json {
+		_ = o.enc.Encode(v)
+		return
+	}
+	fmt.Fprintln(o.stdout, text)
+}
+
+// backendName is the human-readable name of an OMEMO namespace.
+func backendName(namespace string) string {
+	switch namespace {
+	case ns.OMEMO2:
+		return "OMEMO 2"
+	case ns.Legacy:
+		return "OMEMO 0.3 (legacy)"
+	}
+	return namespace
+}
+
+// inbox hands decrypted messages from the plugin's worker to the command.
+type inbox struct {
+	ch        chan omemo.Message
+	closing   chan struct{}
+	closeOnce sync.Once
+}
+
+// HandleOMEMO implements omemo.Handler. It waits while the command is busy
+// (the plugin's worker then decrypts nothing more) and gives up once the
+// command shuts down, so that Plugin.Close never waits for it.
+func (b *inbox) HandleOMEMO(m omemo.Message) {
+	select {
+	case b.ch <- m:
+	case <-b.closing:
+	}
+}
+
+func (b *inbox) close() { b.closeOnce.Do(func() { close(b.closing) }) }
+
+// client is a logged-in account with a started OMEMO plugin.
+type client struct {
+	g      *globals
+	out    *output
+	st     *store.Bolt
+	sess   *xmpp.Session
+	plugin *omemo.Plugin
+	inbox  *inbox
+
+	serveDone chan struct{}
+	serveErr  error // why Serve returned; read only after serveDone is closed
+	// sessCancel cancels the context the session was negotiated with;
+	// it is called only after the session is closed (see connect).
+	sessCancel context.CancelFunc
+}
+
+// open opens the store, logs in, registers the plugin and starts it (which
+// publishes this device), then sends the available presence.
+func open(ctx context.Context, g *globals, out *output) (*client, error) {
+	if g.password == "" {
+		return nil, fmt.Errorf("no password: use -password or the environment variable %s", passwordEnv)
+	}
+	var err error
+	path := g.store
+	if path == "" {
+		path, err = store.DefaultPath(g.account.Bare().String())
+		if err != nil {
+			return nil, fmt.Errorf("state file: %w", err)
+		}
+	}
+	st, err := store.Open(path, nil)
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return nil, fmt.Errorf("state file %s is in use by another omemo process: %w", path, err)
+		}
+		return nil, fmt.Errorf("opening state file %s: %w", path, err)
+	}
+	sess, cancel, err := connect(ctx, g, out)
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	c := &client{
+		g:          g,
+		out:        out,
+		st:         st,
+		sess:       sess,
+		inbox:      &inbox{ch: make(chan omemo.Message, 64), closing: make(chan struct{})},
+		serveDone:  make(chan struct{}),
+		sessCancel: cancel,
+	}
+	logger := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	p, err := omemo.New(sess, omemo.Config{
+		Store:        st,
+		Backends:     g.backends,
+		Trust:        g.policy,
+		Label:        deviceLabel,
+		SendPresence: true,
+		Logger:       logger,
+		OnError:      func(err error) { out.warn("%v", err) },
+	})
+	if err != nil {
+		c.closeSession()
+		_ = st.Close()
+		return nil, err
+	}
+	c.plugin = p
+	m := mux.New(stanza.NSClient, p.Handle(c.inbox))
+	go func() {
+		defer close(c.serveDone)
+		err := sess.Serve(m)
+		select {
+		case <-c.inbox.closing:
+			// Errors while shutting down are expected (the stream
+			// was closed under a pending write).
+		default:
+			c.serveErr = err
+		}
+	}()
+	out.progress("publishing device and fetching device lists…")
+	sctx, scancel := context.WithTimeout(ctx, opTimeout)
+	defer scancel()
+	if err := p.Start(sctx); err != nil {
+		_ = c.shutdown()
+		return nil, fmt.Errorf("starting OMEMO: %w", err)
+	}
+	mgr := p.Manager()
+	out.progress("device %d of %s ready", mgr.DeviceID(), g.account.Bare())
+	return c, nil
+}
+
+// connect resolves the server, connects and negotiates the session
+// (STARTTLS, SASL, resource binding).
+//
+// The returned cancel function must be called only after the session is
+// closed: mellium (v0.23.0) watches the negotiation context in a goroutine
+// that can put the connection's deadline in the past when the context is
+// cancelled, even after negotiation returned, which would break a later
+// write. The negotiation is still bounded by opTimeout and by ctx, but
+// only while it runs.
+func connect(ctx context.Context, g *globals, out *output) (*xmpp.Session, context.CancelFunc, error) {
+	negCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var (
+		mu   sync.Mutex
+		done bool
+	)
+	cancelIfRunning := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			cancel()
+		}
+	}
+	timer := time.AfterFunc(opTimeout, cancelIfRunning)
+	stop := context.AfterFunc(ctx, cancelIfRunning)
+	finish := func() {
+		mu.Lock()
+		done = true
+		mu.Unlock()
+		timer.Stop()
+		stop()
+	}
+
+	domain := g.account.Domainpart()
+	var (
+		conn net.Conn
+		err  error
+	)
+	if g.addr != "" {
+		out.progress("connecting to %s…", g.addr)
+		var d net.Dialer
+		conn, err = d.DialContext(negCtx, "tcp", g.addr)
+	} else {
+		out.progress("connecting to %s (DNS SRV _xmpp-client._tcp, else %s:5222)…", domain, domain)
+		// STARTTLS only: SRV records of _xmpp-client._tcp, falling
+		// back to the domain on port 5222.
+		d := dial.Dialer{NoTLS: true}
+		conn, err = d.Dial(negCtx, "tcp", g.account)
+	}
+	if err != nil {
+		finish()
+		cancel()
+		return nil, nil, fmt.Errorf("connecting to %s: %w", serverName(g), err)
+	}
+	out.progress("logging in as %s…", g.account)
+	tlsCfg := &tls.Config{
+		ServerName: domain,
+		MinVersion: tls.VersionTLS12,
+		// #nosec G402 -- only with -insecure-skip-verify, for test servers.
+		InsecureSkipVerify: g.insecure,
+	}
+	sess, err := xmpp.NewClientSession(negCtx, g.account, conn,
+		xmpp.StartTLS(tlsCfg),
+		xmpp.SASL("", g.password, sasl.ScramSha256, sasl.ScramSha1, sasl.Plain),
+		xmpp.BindResource(),
+	)
+	finish()
+	if err != nil {
+		cancel()
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("logging in to %s as %s: %w", serverName(g), g.account, err)
+	}
+	out.progress("logged in as %s", sess.LocalAddr())
+	return sess, cancel, nil
+}
+
+func serverName(g *globals) string {
+	if g.addr != "" {
+		return g.addr
+	}
+	return g.account.Domainpart()
+}
+
+// closeSession ends the XMPP stream and the connection.
+func (c *client) closeSession() {
+	_ = c.sess.Close()
+	if c.serveDone != nil && c.plugin != nil {
+		select {
+		case <-c.serveDone:
+		case <-time.After(3 * time.Second):
+		}
+	}
+	_ = c.sess.Conn().Close()
+	if c.serveDone != nil && c.plugin != nil {
+		<-c.serveDone
+	}
+	c.sessCancel()
+}
+
+// lost returns the error to report when the connection ended before the
+// command did. It must be called only after serveDone was closed.
+func (c *client) lost() error {
+	if c.serveErr != nil {
+		return fmt.Errorf("connection lost: %w", c.serveErr)
+	}
+	return errors.New("connection closed by the server")
+}
+
+// shutdown closes the plugin, the session and the store, in that order.
+func (c *client) shutdown() error {
+	c.inbox.close()
+	perr := c.plugin.Close()
+	c.closeSession()
+	serr := c.st.Close()
+	if perr != nil && !errors.Is(perr, omemo.ErrClosed) {
+		return fmt.Errorf("closing OMEMO: %w", perr)
+	}
+	if serr != nil {
+		return fmt.Errorf("closing state file: %w", serr)
+	}
+	return nil
+}
+
+// messageJSON is a received message with -json.
+type messageJSON struct {
+	From        string `json:"from"`
+	Device      uint32 `json:"device"`
+	Backend     string `json:"backend"`
+	Body        string `json:"body"`
+	Trust       string `json:"trust"`
+	KeyExchange bool   `json:"key_exchange"`
+}
+
+// trustName is the stored trust level name of a message's sender.
+func trustName(m omemo.Message) string {
+	if m.TrustLevel != "" {
+		return m.TrustLevel
+	}
+	return m.Trust.String()
+}
+
+// printMessage writes a received message.
+func (c *client) printMessage(m omemo.Message) {
+	from := m.From.Bare().String()
+	v := messageJSON{
+		From:        from,
+		Device:      m.SenderDevice,
+		Backend:     m.Namespace,
+		Body:        m.Body,
+		Trust:       trustName(m),
+		KeyExchange: m.KeyExchange,
+	}
+	var flags string
+	if m.KeyExchange {
+		flags += ", key exchange"
+	}
+	if m.Sent {
+		flags += ", sent by own device to " + m.To.Bare().String()
+	}
+	if m.Archived || !m.Delay.IsZero() {
+		flags += ", delayed"
+	}
+	text := fmt.Sprintf("%s [device %d, %s, %s%s]: %s", from, m.SenderDevice, backendName(m.Namespace), v.Trust, flags, m.Body)
+	c.out.result(v, text)
+}

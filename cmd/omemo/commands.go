@@ -1,0 +1,513 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"mellium.im/omemo"
+	"mellium.im/omemo/session"
+	"mellium.im/omemo/trust"
+	"mellium.im/xmpp/jid"
+)
+
+type runFunc = func(ctx context.Context, g *globals, args []string, e env) error
+
+// withClient opens the account, runs f and shuts down cleanly (plugin,
+// session, store), also when f fails or ctx is cancelled.
+func withClient(ctx context.Context, g *globals, e env, f func(c *client) error) error {
+	out := newOutput(g.json, e.stdout, e.stderr)
+	c, err := open(ctx, g, out)
+	if err != nil {
+		return err
+	}
+	ferr := f(c)
+	if serr := c.shutdown(); ferr == nil {
+		ferr = serr
+	}
+	return ferr
+}
+
+// parseJID parses a contact's JID given on the command line.
+func parseJID(flagName, s string) (jid.JID, error) {
+	if s == "" {
+		return jid.JID{}, usageError("%s is required", flagName)
+	}
+	j, err := jid.Parse(s)
+	if err != nil || j.Domainpart() == "" {
+		return jid.JID{}, usageError("%s %q is not a valid JID", flagName, s)
+	}
+	return j, nil
+}
+
+// recipientJSON is one device a message was encrypted for.
+type recipientJSON struct {
+	JID     string `json:"jid"`
+	Device  uint32 `json:"device"`
+	Backend string `json:"backend"`
+}
+
+// sendJSON is the result of a sent message with -json.
+type sendJSON struct {
+	To      string          `json:"to"`
+	ID      string          `json:"id"`
+	Devices []recipientJSON `json:"devices"`
+	Errors  []string        `json:"errors"`
+}
+
+// send encrypts and sends body and prints the result. Trust failures
+// become an error that names the undecided devices.
+func (c *client) send(ctx context.Context, to jid.JID, body string) error {
+	c.out.progress("fetching device lists and bundles of %s…", to.Bare())
+	sctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	res, err := c.plugin.Send(sctx, to, body)
+	if err != nil {
+		return c.sendError(ctx, to, err)
+	}
+	v := sendJSON{To: to.String(), ID: res.ID, Devices: []recipientJSON{}, Errors: []string{}}
+	var names []string
+	for _, r := range res.Recipients {
+		v.Devices = append(v.Devices, recipientJSON{JID: r.JID, Device: r.DeviceID, Backend: r.Namespace})
+		names = append(names, fmt.Sprintf("%s/%d (%s)", r.JID, r.DeviceID, backendName(r.Namespace)))
+	}
+	for _, f := range res.Failures {
+		v.Errors = append(v.Errors, f.Error())
+		if !c.out.json {
+			c.out.warn("not encrypted for %s device %d: %v", f.JID, f.DeviceID, f.Err)
+		}
+	}
+	c.out.result(v, fmt.Sprintf("sent %s to %s, encrypted for %d device(s): %s", res.ID, to, len(res.Recipients), strings.Join(names, ", ")))
+	return nil
+}
+
+// sendError explains why Send failed.
+func (c *client) sendError(ctx context.Context, to jid.JID, err error) error {
+	switch {
+	case errors.Is(err, session.ErrStillUndecided):
+		return c.undecidedError(ctx, to, err)
+	case errors.Is(err, session.ErrNoEligibleDevices):
+		return fmt.Errorf("not sent: no device of %s can be encrypted for (no OMEMO device published, or all distrusted): %w", to.Bare(), err)
+	}
+	return fmt.Errorf("not sent: %w", err)
+}
+
+// undecidedError lists the devices the trust policy left undecided, with
+// their fingerprints and the command that trusts them.
+func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) error {
+	mgr := c.plugin.Manager()
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	var undecided []session.DeviceInfo
+	if devs, err := mgr.Devices(qctx, to.Bare().String()); err == nil {
+		undecided = append(undecided, devs...)
+	}
+	if _, others, err := mgr.OwnDevices(qctx); err == nil && !to.Bare().Equal(c.g.account.Bare()) {
+		undecided = append(undecided, others...)
+	}
+	undecided = slices.DeleteFunc(undecided, func(d session.DeviceInfo) bool {
+		return d.Level != trust.Undecided || len(d.Active) == 0
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "not sent: the %s trust policy leaves %d device(s) undecided; nothing was sent (%v)", c.g.mode, len(undecided), cause)
+	for _, d := range undecided {
+		fmt.Fprintf(&b, "\n  %s device %d, fingerprint %s", d.JID, d.DeviceID, d.Fingerprint())
+	}
+	b.WriteString("\nverify the fingerprints with the contact, then trust each device with:")
+	if len(undecided) == 0 {
+		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint FINGERPRINT -level trusted", c.g.account.Bare(), to.Bare())
+	}
+	for _, d := range undecided {
+		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint %s -level trusted", c.g.account.Bare(), d.JID, strings.ReplaceAll(d.Fingerprint(), " ", ""))
+	}
+	return errors.New(b.String())
+}
+
+// echo answers a received message with "echo: " + its text.
+func (c *client) echo(ctx context.Context, m omemo.Message) {
+	if m.Sent || m.Body == "" {
+		return
+	}
+	to := m.From.Bare()
+	sctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if _, err := c.plugin.Send(sctx, to, "echo: "+m.Body); err != nil {
+		c.out.warn("echo to %s: %v", to, err)
+		return
+	}
+	c.out.progress("echoed to %s", to)
+}
+
+func setupSend(fs *flag.FlagSet) runFunc {
+	to := fs.String("to", "", "recipient `JID`")
+	wait := fs.Duration("wait", 0, "stay online and print replies for `DURATION`")
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		recipient, err := parseJID("-to", *to)
+		if err != nil {
+			return err
+		}
+		text := strings.Join(args, " ")
+		if text == "" {
+			return usageError("send: no TEXT given")
+		}
+		if *wait < 0 {
+			return usageError("send: -wait must not be negative")
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			if err := c.send(ctx, recipient, text); err != nil {
+				return err
+			}
+			if *wait == 0 {
+				return nil
+			}
+			c.out.progress("waiting %v for replies…", *wait)
+			timer := time.NewTimer(*wait)
+			defer timer.Stop()
+			for {
+				select {
+				case m := <-c.inbox.ch:
+					c.printMessage(m)
+				case <-timer.C:
+					return nil
+				case <-ctx.Done():
+					return nil
+				case <-c.serveDone:
+					return c.lost()
+				}
+			}
+		})
+	}
+}
+
+func setupListen(fs *flag.FlagSet) runFunc {
+	dur := fs.Duration("for", 0, "exit after `DURATION` (default: until interrupted)")
+	count := fs.Int("count", 0, "exit after `N` messages (default: until interrupted)")
+	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted`)
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		if len(args) > 0 {
+			return usageError("listen: unexpected arguments %q", args)
+		}
+		if *dur < 0 || *count < 0 {
+			return usageError("listen: -for and -count must not be negative")
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			var deadline <-chan time.Time
+			if *dur > 0 {
+				t := time.NewTimer(*dur)
+				defer t.Stop()
+				deadline = t.C
+			}
+			c.out.progress("listening (interrupt to stop)…")
+			n := 0
+			for *count == 0 || n < *count {
+				select {
+				case m := <-c.inbox.ch:
+					n++
+					c.printMessage(m)
+					if *echo {
+						c.echo(ctx, m)
+					}
+				case <-deadline:
+					return nil
+				case <-ctx.Done():
+					return nil
+				case <-c.serveDone:
+					return c.lost()
+				}
+			}
+			return nil
+		})
+	}
+}
+
+func setupChat(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		if len(args) != 1 {
+			return usageError("chat: want exactly one JID")
+		}
+		peer, err := parseJID("chat JID", args[0])
+		if err != nil {
+			return err
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			lines := make(chan string)
+			readErr := make(chan error, 1)
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				readErr <- readLines(e.stdin, lines, stop)
+			}()
+			c.out.progress("chatting with %s: type a line to send it, end with EOF (Ctrl-D) or interrupt", peer)
+			for {
+				select {
+				case line := <-lines:
+					if strings.TrimSpace(line) == "" {
+						continue
+					}
+					if err := c.send(ctx, peer, line); err != nil {
+						// The chat goes on; the reason is shown.
+						fmt.Fprintf(e.stderr, "omemo: %v\n", err)
+					}
+				case m := <-c.inbox.ch:
+					c.printMessage(m)
+				case err := <-readErr:
+					if err != nil {
+						return fmt.Errorf("reading stdin: %w", err)
+					}
+					return nil
+				case <-ctx.Done():
+					return nil
+				case <-c.serveDone:
+					return c.lost()
+				}
+			}
+		})
+	}
+}
+
+// readLines sends every line of r to lines until EOF (nil) or a read
+// error; it gives up when stop is closed.
+func readLines(r io.Reader, lines chan<- string, stop <-chan struct{}) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		select {
+		case lines <- sc.Text():
+		case <-stop:
+			return nil
+		}
+	}
+	return sc.Err()
+}
+
+// deviceJSON is one device with -json.
+type deviceJSON struct {
+	JID         string   `json:"jid"`
+	Device      uint32   `json:"device"`
+	Label       string   `json:"label"`
+	Fingerprint string   `json:"fingerprint"`
+	Trust       string   `json:"trust"`
+	Backends    []string `json:"backends"`
+	Active      bool     `json:"active"`
+	Own         bool     `json:"own"`
+}
+
+func setupDevices(fs *flag.FlagSet) runFunc {
+	who := fs.String("jid", "", "account whose devices are listed (default: own account)")
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		if len(args) > 0 {
+			return usageError("devices: unexpected arguments %q", args)
+		}
+		target := g.account.Bare()
+		if *who != "" {
+			j, err := parseJID("-jid", *who)
+			if err != nil {
+				return err
+			}
+			target = j.Bare()
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			devs, self, err := c.devices(ctx, target)
+			if err != nil {
+				return err
+			}
+			if len(devs) == 0 {
+				c.out.progress("no OMEMO device of %s found", target)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			if !c.out.json {
+				fmt.Fprintln(tw, "DEVICE\tLABEL\tFINGERPRINT\tTRUST\tBACKENDS\tACTIVE")
+			}
+			for _, d := range devs {
+				own := d.DeviceID == self && target.Equal(g.account.Bare())
+				if c.out.json {
+					c.out.result(deviceJSON{
+						JID: d.JID, Device: d.DeviceID, Label: d.Label, Fingerprint: d.Fingerprint(),
+						Trust: d.Trust, Backends: nonNil(d.Namespaces), Active: len(d.Active) > 0, Own: own,
+					}, "")
+					continue
+				}
+				id := fmt.Sprint(d.DeviceID)
+				if own {
+					id += " (this device)"
+				}
+				var bs []string
+				for _, n := range d.Namespaces {
+					bs = append(bs, backendName(n))
+				}
+				active := "no"
+				if len(d.Active) > 0 {
+					active = "yes"
+				}
+				label := d.Label
+				if label == "" {
+					label = "-"
+				}
+				trustLevel := d.Trust
+				if own {
+					trustLevel = "(own)"
+				}
+				fmt.Fprintf(tw, "%s\t%q\t%s\t%s\t%s\t%s\n", id, label, d.Fingerprint(), trustLevel, strings.Join(bs, ", "), active)
+			}
+			if !c.out.json {
+				return tw.Flush()
+			}
+			return nil
+		})
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// devices returns the known devices of account (this device first for the
+// own account), after refreshing its device lists, and this device's id.
+func (c *client) devices(ctx context.Context, account jid.JID) ([]session.DeviceInfo, uint32, error) {
+	mgr := c.plugin.Manager()
+	qctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if account.Equal(c.g.account.Bare()) {
+		self, others, err := mgr.OwnDevices(qctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("own devices: %w", err)
+		}
+		return append([]session.DeviceInfo{self}, others...), self.DeviceID, nil
+	}
+	c.out.progress("fetching the device lists and bundles of %s…", account)
+	if err := mgr.RefreshDeviceLists(qctx, account.String()); err != nil {
+		c.out.warn("refreshing the device lists of %s: %v", account, err)
+	}
+	devs, err := mgr.Devices(qctx, account.String())
+	if err != nil {
+		return nil, 0, fmt.Errorf("devices of %s: %w", account, err)
+	}
+	return devs, mgr.DeviceID(), nil
+}
+
+// trustLevels maps the trust command's levels to the trust package's
+// level names.
+var trustLevels = map[string]string{
+	"trusted":    trust.LevelTrusted,
+	"distrusted": trust.LevelDistrusted,
+	"undecided":  trust.LevelUndecided,
+}
+
+// normalizeFingerprint removes spaces (and colons) from a fingerprint and
+// checks that 64 hex digits remain.
+func normalizeFingerprint(s string) (string, error) {
+	s = strings.ToLower(strings.Map(func(r rune) rune {
+		switch r {
+		case ' ', '\t', ':', '\n':
+			return -1
+		}
+		return r
+	}, s))
+	if len(s) != 64 {
+		return "", usageError("-fingerprint: want 64 hex digits (8 groups of 8), got %d", len(s))
+	}
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdef", r) {
+			return "", usageError("-fingerprint: %q is not a hex digit", r)
+		}
+	}
+	return s, nil
+}
+
+// trustJSON is the result of the trust command with -json, one line per
+// matching device.
+type trustJSON struct {
+	JID         string `json:"jid"`
+	Device      uint32 `json:"device"`
+	Fingerprint string `json:"fingerprint"`
+	Trust       string `json:"trust"`
+}
+
+func setupTrust(fs *flag.FlagSet) runFunc {
+	who := fs.String("jid", "", "account of the device")
+	fp := fs.String("fingerprint", "", "fingerprint of the device (8×8 hex digits, spaces optional)")
+	level := fs.String("level", "", "trusted | distrusted | undecided")
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		if len(args) > 0 {
+			return usageError("trust: unexpected arguments %q", args)
+		}
+		target, err := parseJID("-jid", *who)
+		if err != nil {
+			return err
+		}
+		target = target.Bare()
+		want, err := normalizeFingerprint(*fp)
+		if err != nil {
+			return err
+		}
+		name, ok := trustLevels[strings.ToLower(strings.TrimSpace(*level))]
+		if !ok {
+			return usageError("-level %q: want trusted, distrusted or undecided", *level)
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			devs, self, err := c.devices(ctx, target)
+			if err != nil {
+				return err
+			}
+			var matched []session.DeviceInfo
+			for _, d := range devs {
+				got, err := normalizeFingerprint(d.Fingerprint())
+				if err == nil && got == want {
+					matched = append(matched, d)
+				}
+			}
+			if len(matched) == 0 {
+				return fmt.Errorf("no known device of %s has the fingerprint %s (see: omemo -jid %s devices -jid %s)", target, *fp, g.account.Bare(), target)
+			}
+			if target.Equal(g.account.Bare()) && matched[0].DeviceID == self {
+				return errors.New("the fingerprint is this device's own: its trust cannot be set")
+			}
+			sctx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			if err := c.plugin.Manager().SetTrust(sctx, target.String(), matched[0].IdentityKey, name); err != nil {
+				return fmt.Errorf("setting trust: %w", err)
+			}
+			for _, d := range matched {
+				c.out.result(trustJSON{JID: d.JID, Device: d.DeviceID, Fingerprint: d.Fingerprint(), Trust: name},
+					fmt.Sprintf("%s device %d (%s) is now %s", d.JID, d.DeviceID, d.Fingerprint(), name))
+			}
+			return nil
+		})
+	}
+}
+
+// fingerprintJSON is the result of the fingerprint command with -json.
+type fingerprintJSON struct {
+	JID         string `json:"jid"`
+	Device      uint32 `json:"device"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+func setupFingerprint(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, g *globals, args []string, e env) error {
+		if len(args) > 0 {
+			return usageError("fingerprint: unexpected arguments %q", args)
+		}
+		return withClient(ctx, g, e, func(c *client) error {
+			qctx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			self, _, err := c.plugin.Manager().OwnDevices(qctx)
+			if err != nil {
+				return fmt.Errorf("own device: %w", err)
+			}
+			c.out.result(fingerprintJSON{JID: g.account.Bare().String(), Device: self.DeviceID, Fingerprint: self.Fingerprint()},
+				fmt.Sprintf("device %d\nfingerprint %s", self.DeviceID, self.Fingerprint()))
+			return nil
+		})
+	}
+}

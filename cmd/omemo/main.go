@@ -1,0 +1,262 @@
+// Command omemo is a command-line OMEMO (XEP-0384) client built on the
+// mellium plugin of mellium.im/omemo.
+//
+// Usage:
+//
+//	omemo [global flags] COMMAND [flags] [args]
+//
+// Global flags:
+//
+//	-jid JID            account
+//	-password P         password (or the environment variable OMEMO_PASSWORD)
+//	-addr host:port     server address (default: resolved from the JID's domain)
+//	-store FILE         state file (default: one file per JID under the user's config directory)
+//	-backends LIST      comma-separated backends in priority order: twomemo,oldmemo (default both, twomemo first)
+//	-trust MODE         btbv | tofu | manual (default btbv)
+//	-insecure-skip-verify   accept the server's TLS certificate without verification (local test servers)
+//	-json               machine-readable output, one JSON object per line on stdout
+//
+// Commands:
+//
+//	send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
+//	listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
+//	chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
+//	devices [-jid JID]                     id, label, fingerprint, trust, backends and active flag of each device
+//	trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
+//	fingerprint                            own device id and fingerprint
+//
+// Every command logs in (STARTTLS, SASL, resource binding), opens the OMEMO
+// state file (which holds the private keys of this device: keep it private),
+// publishes this device and sends an available presence, so that messages to
+// the bare JID are delivered to it. Only OMEMO encrypted messages are shown:
+// unencrypted messages are ignored.
+//
+// Errors go to stderr and the exit status is 1 (2 for usage errors).
+// Progress goes to stderr unless -json is set.
+package main // import "mellium.im/omemo/cmd/omemo"
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"mellium.im/omemo/backends"
+	"mellium.im/omemo/backends/oldmemo"
+	"mellium.im/omemo/backends/twomemo"
+	"mellium.im/omemo/trust"
+	"mellium.im/xmpp/jid"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// passwordEnv is the environment variable read when -password is not given.
+const passwordEnv = "OMEMO_PASSWORD"
+
+// errUsage marks errors in the command line; run prints the usage hint and
+// exits with status 2.
+var errUsage = errors.New("usage")
+
+// usageError returns an error wrapping errUsage.
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+const usageText = `usage: omemo [global flags] COMMAND [flags] [args]
+
+global flags:
+  -jid JID            account
+  -password P         password (or the environment variable OMEMO_PASSWORD)
+  -addr host:port     server address (default: resolved from the JID's domain)
+  -store FILE         state file (default: one file per JID under the user's config directory)
+  -backends LIST      comma-separated backends in priority order: twomemo,oldmemo (default both, twomemo first)
+  -trust MODE         btbv | tofu | manual (default btbv)
+  -insecure-skip-verify   accept the server's TLS certificate without verification (local test servers)
+  -json               machine-readable output, one JSON object per line on stdout
+
+commands:
+  send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
+  listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
+  chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
+  devices [-jid JID]                     id, label, fingerprint, trust, backends and active flag of each device
+  trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
+  fingerprint                            own device id and fingerprint
+`
+
+// globals are the parsed global flags.
+type globals struct {
+	account  jid.JID
+	password string
+	addr     string
+	store    string
+	backends []backends.Factory
+	policy   trust.Policy
+	mode     string
+	insecure bool
+	json     bool
+}
+
+// env is the process environment of a run (replaced in tests).
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status. ctx is
+// cancelled on SIGINT and SIGTERM, which shuts the command down cleanly.
+func run(ctx context.Context, args []string, e env) int {
+	err := runErr(ctx, args, e)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(e.stderr, "omemo: %v\nRun 'omemo -h' for usage.\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(e.stderr, "omemo: %v\n", err)
+		return exitError
+	}
+}
+
+func runErr(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("omemo", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { fmt.Fprint(e.stderr, usageText) }
+	var (
+		account  = fs.String("jid", "", "account `JID`")
+		password = fs.String("password", "", "password (or the environment variable "+passwordEnv+")")
+		addr     = fs.String("addr", "", "server address `host:port` (default: resolved from the JID's domain)")
+		storeP   = fs.String("store", "", "state `FILE` (default: one file per JID under the user's config directory)")
+		backs    = fs.String("backends", "twomemo,oldmemo", "comma-separated backends in priority order")
+		mode     = fs.String("trust", "btbv", "trust `MODE`: btbv | tofu | manual")
+		insecure = fs.Bool("insecure-skip-verify", false, "accept the server's TLS certificate without verification")
+		jsonOut  = fs.Bool("json", false, "machine-readable output, one JSON object per line")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return usageError("no command given")
+	}
+	g := &globals{addr: *addr, store: *storeP, insecure: *insecure, json: *jsonOut}
+	name, rest := fs.Arg(0), fs.Args()[1:]
+	cmd, ok := commands[name]
+	if !ok {
+		return usageError("unknown command %q", name)
+	}
+	cfs := flag.NewFlagSet("omemo "+name, flag.ContinueOnError)
+	cfs.SetOutput(e.stderr)
+	cfs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: omemo [global flags] %s\n", cmd.usage)
+		cfs.PrintDefaults()
+	}
+	exec := cmd.setup(cfs)
+	if err := cfs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	// The global options are checked after the command's, so that
+	// "omemo send -h" works without an account.
+	if *account == "" {
+		return usageError("-jid is required")
+	}
+	j, err := jid.Parse(*account)
+	if err != nil || j.Localpart() == "" {
+		return usageError("-jid %q is not an account JID (user@domain)", *account)
+	}
+	g.account = j
+	g.password = *password
+	if g.password == "" && e.getenv != nil {
+		g.password = e.getenv(passwordEnv)
+	}
+	if g.backends, err = parseBackends(*backs); err != nil {
+		return err
+	}
+	g.mode = strings.ToLower(strings.TrimSpace(*mode))
+	if g.policy, err = trust.ParsePolicy(g.mode, nil); err != nil {
+		return usageError("-trust %q: want btbv, tofu or manual", *mode)
+	}
+	return exec(ctx, g, cfs.Args(), e)
+}
+
+// parseBackends parses the -backends list.
+func parseBackends(list string) ([]backends.Factory, error) {
+	var out []backends.Factory
+	seen := map[string]bool{}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.ToLower(strings.TrimSpace(name))
+		var f backends.Factory
+		switch name {
+		case "twomemo", "omemo2", "omemo:2":
+			f = twomemo.Factory
+		case "oldmemo", "legacy":
+			f = oldmemo.Factory
+		case "":
+			continue
+		default:
+			return nil, usageError("-backends: unknown backend %q (want twomemo, oldmemo)", name)
+		}
+		if seen[f.Namespace] {
+			return nil, usageError("-backends: %q given twice", name)
+		}
+		seen[f.Namespace] = true
+		out = append(out, f)
+	}
+	if len(out) == 0 {
+		return nil, usageError("-backends: no backend given")
+	}
+	return out, nil
+}
+
+// command is one subcommand: setup registers its flags on the command's
+// flag set and returns the function that runs it with the remaining
+// arguments.
+type command struct {
+	usage string
+	setup func(fs *flag.FlagSet) func(ctx context.Context, g *globals, args []string, e env) error
+}
+
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"send":        {usage: "send -to JID [-wait DURATION] TEXT", setup: setupSend},
+		"listen":      {usage: "listen [-for DURATION] [-count N] [-echo]", setup: setupListen},
+		"chat":        {usage: "chat JID", setup: setupChat},
+		"devices":     {usage: "devices [-jid JID]", setup: setupDevices},
+		"trust":       {usage: "trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided", setup: setupTrust},
+		"fingerprint": {usage: "fingerprint", setup: setupFingerprint},
+	}
+}
+
+// opTimeout bounds each network operation (login, start, send, fetch).
+const opTimeout = 60 * time.Second

@@ -1,0 +1,531 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"mellium.im/omemo/internal/prosodytest"
+	"mellium.im/omemo/ns"
+)
+
+// cli drives the built binary against one Prosody test server.
+type cli struct {
+	bin string
+	srv *prosodytest.Server
+}
+
+// args returns the global flags of the named test account, with its own
+// state file in dir.
+func (c *cli) args(dir, name string, extra ...string) []string {
+	a := []string{
+		"-jid", name + "@" + c.srv.Domain,
+		"-password", c.srv.Password(name),
+		"-addr", c.srv.Addr,
+		"-insecure-skip-verify",
+		"-store", filepath.Join(dir, name+".db"),
+	}
+	return append(a, extra...)
+}
+
+// proc is a running omemo process.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string // stdout, line by line
+	stderr *syncBuffer
+	done   chan struct{}
+	code   int
+
+	mu  sync.Mutex
+	out []string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// start runs the binary in the background; it is killed at the end of the
+// test if still running.
+func (c *cli) start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), "OMEMO_PASSWORD=")
+	p := &proc{t: t, cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out = append(p.out, sc.Text())
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() {
+		<-readDone
+		_ = cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its exit status.
+func (p *proc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		p.t.Fatalf("%v did not exit within %v; stderr:\n%s", p.cmd.Args[1:], timeout, p.stderr)
+	}
+	return p.code
+}
+
+func (p *proc) stdout() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.out...)
+}
+
+// next waits for the next stdout line.
+func (p *proc) next(timeout time.Duration) string {
+	p.t.Helper()
+	select {
+	case l := <-p.lines:
+		return l
+	case <-time.After(timeout):
+		p.t.Fatalf("%v: no output line within %v; stderr:\n%s", p.cmd.Args[1:], timeout, p.stderr)
+	}
+	return ""
+}
+
+// run runs the binary to completion.
+func (c *cli) run(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	p := c.start(t, args...)
+	_ = p.stdin.Close()
+	code = p.wait(40 * time.Second)
+	return strings.Join(p.stdout(), "\n"), p.stderr.String(), code
+}
+
+// mustRun runs the binary and fails the test unless it exits with 0.
+func (c *cli) mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := c.run(t, args...)
+	if code != 0 {
+		t.Fatalf("%v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
+	}
+	if errOut != "" {
+		t.Logf("%v: stderr:\n%s", args[len(args)-3:], errOut)
+	}
+	return out
+}
+
+func decode[T any](t *testing.T, line string) T {
+	t.Helper()
+	var v T
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decoding %q: %v", line, err)
+	}
+	return v
+}
+
+// fingerprint returns the device id and fingerprint of the account (and
+// publishes its device on the first run).
+func (c *cli) fingerprint(t *testing.T, dir, name string, extra ...string) fingerprintJSON {
+	t.Helper()
+	out := c.mustRun(t, c.args(dir, name, append(extra, "-json", "fingerprint")...)...)
+	fp := decode[fingerprintJSON](t, out)
+	if fp.Device == 0 || !fpRE.MatchString(fp.Fingerprint) || fp.JID != name+"@localhost" {
+		t.Fatalf("fingerprint of %s: %+v", name, fp)
+	}
+	return fp
+}
+
+var fpRE = regexp.MustCompile(`^[0-9a-f]{8}( [0-9a-f]{8}){7}$`)
+
+func TestCLI(t *testing.T) {
+	began := time.Now()
+	srv := prosodytest.Start(t,
+		prosodytest.User{Name: "alice"}, prosodytest.User{Name: "bob"},
+		prosodytest.User{Name: "dave"},
+		prosodytest.User{Name: "erin"}, prosodytest.User{Name: "frank"},
+		prosodytest.User{Name: "gina"}, prosodytest.User{Name: "henry"},
+		prosodytest.User{Name: "ivan"}, prosodytest.User{Name: "judy"},
+		prosodytest.User{Name: "kate"}, prosodytest.User{Name: "leo"},
+		prosodytest.User{Name: "mallory", Password: "right"},
+	)
+	bin := filepath.Join(t.TempDir(), "omemo")
+	build := []string{"build", "-o", bin}
+	if raceBuild {
+		build = append(build, "-race")
+	}
+	if out, err := exec.Command("go", append(build, ".")...).CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Logf("built after %v", time.Since(began))
+	c := &cli{bin: bin, srv: srv}
+
+	t.Run("group", func(t *testing.T) {
+		t.Run("fingerprint and devices", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			out := c.mustRun(t, c.args(dir, "dave", "fingerprint")...)
+			m := regexp.MustCompile(`^device (\d+)\nfingerprint ([0-9a-f]{8}( [0-9a-f]{8}){7})$`).FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("fingerprint output %q", out)
+			}
+			fp := c.fingerprint(t, dir, "dave")
+			if fmt.Sprint(fp.Device) != m[1] || fp.Fingerprint != m[2] {
+				t.Fatalf("second run %+v, first run device %s fingerprint %s: the state file was not reused", fp, m[1], m[2])
+			}
+
+			out = c.mustRun(t, c.args(dir, "dave", "devices")...)
+			if !strings.Contains(out, m[1]+" (this device)") || !strings.Contains(out, fp.Fingerprint) || !strings.Contains(out, `"omemo CLI"`) {
+				t.Fatalf("devices output:\n%s", out)
+			}
+			out = c.mustRun(t, c.args(dir, "dave", "-json", "devices")...)
+			d := decode[deviceJSON](t, out)
+			want := deviceJSON{JID: "dave@localhost", Device: fp.Device, Label: "omemo CLI", Fingerprint: fp.Fingerprint,
+				Trust: d.Trust, Backends: []string{ns.OMEMO2, ns.Legacy}, Active: true, Own: true}
+			if fmt.Sprint(d) != fmt.Sprint(want) {
+				t.Fatalf("devices -json = %+v, want %+v", d, want)
+			}
+
+			// SIGINT shuts a listener down cleanly (exit 0, the state
+			// file is released).
+			p := c.start(t, c.args(dir, "dave", "listen")...)
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(p.stderr.String(), "listening") {
+				if time.Now().After(deadline) {
+					t.Fatalf("listener not ready; stderr:\n%s", p.stderr)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			_ = p.cmd.Process.Signal(syscall.SIGINT)
+			if code := p.wait(10 * time.Second); code != 0 {
+				t.Fatalf("listen after SIGINT: exit %d; stderr:\n%s", code, p.stderr)
+			}
+			c.fingerprint(t, dir, "dave")
+		})
+
+		t.Run("send and listen", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			alice := c.fingerprint(t, dir, "alice")
+			bob := c.fingerprint(t, dir, "bob")
+			l := c.start(t, c.args(dir, "bob", "-json", "listen", "-count", "1", "-for", "30s")...)
+			out := c.mustRun(t, c.args(dir, "alice", "-json", "send", "-to", "bob@localhost", "hello", "<bob> & co")...)
+			res := decode[sendJSON](t, out)
+			if res.To != "bob@localhost" || res.ID == "" || len(res.Errors) != 0 ||
+				len(res.Devices) != 1 || res.Devices[0] != (recipientJSON{JID: "bob@localhost", Device: bob.Device, Backend: ns.OMEMO2}) {
+				t.Fatalf("send result %+v", res)
+			}
+			if code := l.wait(30 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			lines := l.stdout()
+			if len(lines) != 1 {
+				t.Fatalf("listen printed %q", lines)
+			}
+			got := decode[messageJSON](t, lines[0])
+			want := messageJSON{From: "alice@localhost", Device: alice.Device, Backend: ns.OMEMO2, Body: "hello <bob> & co", Trust: got.Trust, KeyExchange: true}
+			if got != want {
+				t.Fatalf("received %+v, want %+v", got, want)
+			}
+			if got.Trust != "undecided" && got.Trust != "blindly-trusted" {
+				t.Errorf("trust %q", got.Trust)
+			}
+			if !strings.Contains(lines[0], `"body":"hello <bob> & co"`) {
+				t.Errorf("JSON line %s", lines[0])
+			}
+
+			// Text output.
+			l = c.start(t, c.args(dir, "bob", "listen", "-count", "1", "-for", "30s")...)
+			c.mustRun(t, c.args(dir, "alice", "send", "-to", "bob@localhost", "second")...)
+			if code := l.wait(30 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			prefix := fmt.Sprintf("alice@localhost [device %d, OMEMO 2, ", alice.Device)
+			if lines := l.stdout(); len(lines) != 1 || !strings.HasPrefix(lines[0], prefix) || !strings.HasSuffix(lines[0], "]: second") {
+				t.Fatalf("listen printed %q, want %q…]: second", lines, prefix)
+			}
+		})
+
+		t.Run("send wait with echo", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			erin := c.fingerprint(t, dir, "erin")
+			frank := c.fingerprint(t, dir, "frank")
+			l := c.start(t, c.args(dir, "frank", "-json", "listen", "-echo", "-count", "1", "-for", "30s")...)
+			s := c.start(t, c.args(dir, "erin", "-json", "send", "-to", "frank@localhost", "-wait", "8s", "ping")...)
+			res := decode[sendJSON](t, s.next(20*time.Second))
+			if len(res.Devices) != 1 || res.Devices[0].Device != frank.Device {
+				t.Fatalf("send result %+v", res)
+			}
+			reply := decode[messageJSON](t, s.next(10*time.Second))
+			if reply.From != "frank@localhost" || reply.Body != "echo: ping" || reply.Device != frank.Device || reply.Backend != ns.OMEMO2 {
+				t.Fatalf("reply %+v", reply)
+			}
+			if code := s.wait(20 * time.Second); code != 0 {
+				t.Fatalf("send -wait: exit %d; stderr:\n%s", code, s.stderr)
+			}
+			if code := l.wait(10 * time.Second); code != 0 {
+				t.Fatalf("listen -echo: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			if got := l.stdout(); len(got) != 1 || decode[messageJSON](t, got[0]).Body != "ping" || decode[messageJSON](t, got[0]).Device != erin.Device {
+				t.Fatalf("listener printed %q", got)
+			}
+		})
+
+		t.Run("legacy backend", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			gina := c.fingerprint(t, dir, "gina", "-backends", "oldmemo")
+			henry := c.fingerprint(t, dir, "henry")
+			l := c.start(t, c.args(dir, "gina", "-backends", "oldmemo", "-json", "listen", "-count", "1", "-for", "30s")...)
+			out := c.mustRun(t, c.args(dir, "henry", "-json", "send", "-to", "gina@localhost", "old school")...)
+			res := decode[sendJSON](t, out)
+			if len(res.Devices) != 1 || res.Devices[0] != (recipientJSON{JID: "gina@localhost", Device: gina.Device, Backend: ns.Legacy}) {
+				t.Fatalf("send result %+v", res)
+			}
+			if code := l.wait(30 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			lines := l.stdout()
+			if len(lines) != 1 {
+				t.Fatalf("listen printed %q", lines)
+			}
+			got := decode[messageJSON](t, lines[0])
+			if got.From != "henry@localhost" || got.Device != henry.Device || got.Backend != ns.Legacy || got.Body != "old school" || !got.KeyExchange {
+				t.Fatalf("received %+v", got)
+			}
+		})
+
+		t.Run("manual trust", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			judy := c.fingerprint(t, dir, "judy")
+			manual := func(extra ...string) []string {
+				return c.args(dir, "ivan", append([]string{"-trust", "manual"}, extra...)...)
+			}
+			out, errOut, code := c.run(t, manual("-json", "send", "-to", "judy@localhost", "must not arrive")...)
+			compact := strings.ReplaceAll(judy.Fingerprint, " ", "")
+			if code == 0 || out != "" || !strings.Contains(errOut, "undecided") || !strings.Contains(errOut, compact) ||
+				!strings.Contains(errOut, fmt.Sprint(judy.Device)) || !strings.Contains(errOut, "trust -jid judy@localhost") {
+				t.Fatalf("send to an undecided device: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+			}
+
+			// An unknown fingerprint is an error.
+			wrong := strings.Repeat("0", 64)
+			if _, errOut, code := c.run(t, manual("trust", "-jid", "judy@localhost", "-fingerprint", wrong, "-level", "trusted")...); code == 0 || !strings.Contains(errOut, "no known device") {
+				t.Fatalf("trust with an unknown fingerprint: exit %d, stderr %s", code, errOut)
+			}
+			out = c.mustRun(t, manual("-json", "trust", "-jid", "judy@localhost", "-fingerprint", judy.Fingerprint, "-level", "trusted")...)
+			if tr := decode[trustJSON](t, out); tr != (trustJSON{JID: "judy@localhost", Device: judy.Device, Fingerprint: judy.Fingerprint, Trust: "trusted"}) {
+				t.Fatalf("trust result %+v", tr)
+			}
+			out = c.mustRun(t, manual("-json", "devices", "-jid", "judy@localhost")...)
+			if d := decode[deviceJSON](t, out); d.Device != judy.Device || d.Trust != "trusted" || d.Own || !d.Active {
+				t.Fatalf("devices -jid judy: %+v", d)
+			}
+
+			// The refused message was never sent: offline storage
+			// would deliver it first.
+			l := c.start(t, c.args(dir, "judy", "-json", "listen", "-count", "1", "-for", "30s")...)
+			out = c.mustRun(t, manual("send", "-to", "judy@localhost", "now trusted")...)
+			if !strings.HasPrefix(out, "sent ") || !strings.Contains(out, fmt.Sprintf("judy@localhost/%d (OMEMO 2)", judy.Device)) {
+				t.Errorf("send output %q", out)
+			}
+			if code := l.wait(30 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			if lines := l.stdout(); len(lines) != 1 || decode[messageJSON](t, lines[0]).Body != "now trusted" {
+				t.Fatalf("judy received %q", lines)
+			}
+		})
+
+		t.Run("chat", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			c.fingerprint(t, dir, "leo")
+			l := c.start(t, c.args(dir, "leo", "-json", "listen", "-echo", "-count", "2", "-for", "30s")...)
+			k := c.start(t, c.args(dir, "kate", "-json", "chat", "leo@localhost")...)
+			// waitEcho skips the send results and returns the next
+			// received message.
+			waitEcho := func() messageJSON {
+				for {
+					line := k.next(20 * time.Second)
+					if strings.Contains(line, `"body"`) {
+						return decode[messageJSON](t, line)
+					}
+					if res := decode[sendJSON](t, line); res.To != "leo@localhost" || len(res.Devices) != 1 {
+						t.Fatalf("chat send result %+v", res)
+					}
+				}
+			}
+			for _, text := range []string{"one", "two"} {
+				if _, err := io.WriteString(k.stdin, text+"\n"); err != nil {
+					t.Fatal(err)
+				}
+				if m := waitEcho(); m.From != "leo@localhost" || m.Body != "echo: "+text {
+					t.Fatalf("chat received %+v", m)
+				}
+			}
+			_ = k.stdin.Close()
+			if code := k.wait(15 * time.Second); code != 0 {
+				t.Fatalf("chat: exit %d; stderr:\n%s", code, k.stderr)
+			}
+			if code := l.wait(15 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			var bodies []string
+			for _, line := range l.stdout() {
+				bodies = append(bodies, decode[messageJSON](t, line).Body)
+			}
+			if strings.Join(bodies, "|") != "one|two" {
+				t.Fatalf("leo received %q", bodies)
+			}
+		})
+
+		t.Run("wrong password", func(t *testing.T) {
+			t.Parallel()
+			args := c.args(t.TempDir(), "mallory", "fingerprint")
+			for i, a := range args {
+				if a == "-password" {
+					args[i+1] = "wrong"
+				}
+			}
+			out, errOut, code := c.run(t, args...)
+			if code != 1 || out != "" || !strings.Contains(errOut, "omemo: logging in") {
+				t.Fatalf("wrong password: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+			}
+			if strings.Contains(errOut, "wrong") {
+				t.Errorf("the password appears in the error: %s", errOut)
+			}
+		})
+
+		t.Run("password from environment", func(t *testing.T) {
+			t.Parallel()
+			args := c.args(t.TempDir(), "mallory", "-json", "fingerprint")
+			for i, a := range args {
+				if a == "-password" {
+					args = append(args[:i:i], args[i+2:]...)
+					break
+				}
+			}
+			cmd := exec.Command(c.bin, args...)
+			cmd.Env = append(os.Environ(), "OMEMO_PASSWORD=right")
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("OMEMO_PASSWORD: %v", err)
+			}
+			if fp := decode[fingerprintJSON](t, strings.TrimSpace(string(out))); fp.JID != "mallory@localhost" {
+				t.Fatalf("fingerprint %+v", fp)
+			}
+		})
+
+		t.Run("default state file", func(t *testing.T) {
+			t.Parallel()
+			config := t.TempDir()
+			args := c.args(t.TempDir(), "mallory", "-json", "fingerprint")
+			for i, a := range args {
+				if a == "-store" {
+					args = append(args[:i:i], args[i+2:]...)
+					break
+				}
+			}
+			cmd := exec.Command(c.bin, args...)
+			cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+config, "HOME="+config)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("fingerprint without -store: %v\n%s", err, out)
+			}
+			fi, err := os.Stat(filepath.Join(config, "omemo", "mallory@localhost.db"))
+			if err != nil {
+				t.Fatalf("default state file: %v", err)
+			}
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("state file mode %v", fi.Mode())
+			}
+		})
+
+		t.Run("usage errors", func(t *testing.T) {
+			t.Parallel()
+			for _, tc := range []struct {
+				args []string
+				want string
+			}{
+				{[]string{"fingerprint"}, "-jid is required"},
+				{[]string{"-jid", "alice@localhost"}, "no command"},
+				{[]string{"-jid", "alice@localhost", "frobnicate"}, "unknown command"},
+				{[]string{"-jid", "alice@localhost", "send", "hi"}, "-to is required"},
+				{[]string{"-jid", "alice@localhost", "-trust", "sometimes", "fingerprint"}, "-trust"},
+				{[]string{"-jid", "alice@localhost", "-backends", "threemomo", "fingerprint"}, "unknown backend"},
+				{[]string{"-jid", "alice@localhost", "trust", "-jid", "bob@localhost", "-fingerprint", "abc", "-level", "trusted"}, "64 hex digits"},
+				{[]string{"-jid", "alice@localhost", "trust", "-jid", "bob@localhost", "-fingerprint", strings.Repeat("a", 64), "-level", "maybe"}, "-level"},
+			} {
+				out, errOut, code := c.run(t, tc.args...)
+				if code != 2 || out != "" || !strings.Contains(errOut, tc.want) {
+					t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit 2 and %q", tc.args, code, out, errOut, tc.want)
+				}
+			}
+		})
+	})
+	if d := time.Since(began); d > 60*time.Second {
+		t.Errorf("the CLI tests took %v", d)
+	}
+	t.Logf("took %v", time.Since(began))
+}
