@@ -22,8 +22,11 @@ import (
 	"mellium.im/xmpp/stanza"
 )
 
-// deviceLabel is the label of a device created by this command.
-const deviceLabel = "omemo CLI"
+// deviceLabel is the label of a device created by this command: none. A
+// label makes the OMEMO 2 device list carry a labelsig (XEP-0384 0.9),
+// which python-omemo 1.0.x based clients reject together with the whole
+// list, so the command-line client stays unlabelled.
+const deviceLabel = ""
 
 // output writes results to stdout (text or JSON lines) and progress and
 // warnings to stderr. It is safe for concurrent use.
