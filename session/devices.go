@@ -468,9 +468,15 @@ func (m *Manager) snapshotBackends() map[string]backends.Backend {
 // bundleCache downloads each bundle at most once per operation, so that the
 // bundles fetched to discover identity keys also build the sessions.
 type bundleCache struct {
-	mu sync.Mutex
-	m  map[bundleRef]*bundleEntry
+	mu  sync.Mutex
+	m   map[bundleRef]*bundleEntry
+	sem chan struct{} // bounds the downloads in flight
 }
+
+// maxParallelDownloads bounds the bundle downloads one operation runs at
+// once, so that a hostile device list with thousands of entries cannot
+// open thousands of requests.
+const maxParallelDownloads = 32
 
 type bundleRef struct {
 	ns, jid string
@@ -483,7 +489,9 @@ type bundleEntry struct {
 	err  error
 }
 
-func newBundleCache() *bundleCache { return &bundleCache{m: map[bundleRef]*bundleEntry{}} }
+func newBundleCache() *bundleCache {
+	return &bundleCache{m: map[bundleRef]*bundleEntry{}, sem: make(chan struct{}, maxParallelDownloads)}
+}
 
 func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id uint32) (bundle.Bundle, error) {
 	ref := bundleRef{ns, jid, id}
@@ -495,6 +503,13 @@ func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id u
 	}
 	c.mu.Unlock()
 	e.once.Do(func() {
+		select {
+		case c.sem <- struct{}{}:
+			defer func() { <-c.sem }()
+		case <-ctx.Done():
+			e.err = ctx.Err()
+			return
+		}
 		e.b, e.err = net.DownloadBundle(ctx, ns, jid, id)
 		if e.err != nil {
 			e.err = netErr(fmt.Sprintf("downloading bundle of device %d of %s", id, jid), e.err)
