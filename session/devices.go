@@ -251,12 +251,23 @@ func (m *Manager) info(tx store.Tx, jid string, id uint32, rec deviceRecord) (De
 
 func (m *Manager) trustOf(tx store.Tx, jid string, ik [32]byte) (string, trust.Level, error) {
 	name := m.cfg.Trust.Default()
-	raw, err := tx.Get(keyTrust(jid, ik))
-	switch {
-	case err == nil:
-		name = string(raw)
-	case !errors.Is(err, store.ErrNotFound):
-		return "", 0, storageErr(err)
+	ref := trustRef{jid, ik}
+	if cached, stored, ok := m.cache.trustName(ref); ok {
+		if stored {
+			name = cached
+		}
+	} else {
+		gen := m.cache.generation()
+		raw, err := tx.Get(keyTrust(jid, ik))
+		switch {
+		case err == nil:
+			name = string(raw)
+			m.cache.putTrust(gen, ref, name, true)
+		case errors.Is(err, store.ErrNotFound):
+			m.cache.putTrust(gen, ref, "", false)
+		default:
+			return "", 0, storageErr(err)
+		}
 	}
 	level, err := m.cfg.Trust.Evaluate(name)
 	if err != nil {
@@ -319,17 +330,29 @@ type jidDevices struct {
 // downloaded are kept in cache.
 func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundleCache) ([]jidDevices, error) {
 	out := make([]jidDevices, len(jids))
-	if err := m.store.View(ctx, func(tx store.Tx) error {
-		for i, jid := range jids {
-			recs, err := devicesOf(tx, jid)
-			if err != nil {
-				return err
-			}
+	gen := m.cache.generation()
+	var missing []int
+	for i, jid := range jids {
+		if recs, ok := m.cache.devicesOf(jid); ok {
 			out[i].recs = recs
+		} else {
+			missing = append(missing, i)
 		}
-		return nil
-	}); err != nil {
-		return nil, storageErr(err)
+	}
+	if len(missing) > 0 {
+		if err := m.store.View(ctx, func(tx store.Tx) error {
+			for _, i := range missing {
+				recs, err := devicesOf(tx, jids[i])
+				if err != nil {
+					return err
+				}
+				out[i].recs = recs
+				m.cache.putDevices(gen, jids[i], recs)
+			}
+			return nil
+		}); err != nil {
+			return nil, storageErr(err)
+		}
 	}
 	if cache == nil {
 		cache = newBundleCache()

@@ -155,18 +155,30 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 
 	// Bundles of the devices we have no session with, fetched in parallel.
 	have := map[Recipient]bool{}
-	if err := m.store.View(ctx, func(tx store.Tx) error {
-		for _, t := range targets {
-			_, err := tx.Get(t.key)
-			if err == nil {
-				have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
-			} else if !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
+	var unknown []target
+	for _, t := range targets {
+		if m.cache.hasSession(t.key) {
+			have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
+		} else {
+			unknown = append(unknown, t)
 		}
-		return nil
-	}); err != nil {
-		return nil, storageErr(err)
+	}
+	if len(unknown) > 0 {
+		gen := m.cache.generation()
+		if err := m.store.View(ctx, func(tx store.Tx) error {
+			for _, t := range unknown {
+				_, err := tx.Get(t.key)
+				if err == nil {
+					have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
+					m.cache.addSessions(gen, t.key)
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return nil, storageErr(err)
+		}
 	}
 	for _, t := range targets {
 		if !have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] {
@@ -188,11 +200,11 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	}
 	m.mu.Lock()
 	err, deliverErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
-		res.Messages, res.Recipients, res.Failures = nil, nil, slices.Clone(failures)
+		res.Messages, res.Recipients, res.Failures = nil, make([]Recipient, 0, len(targets)), slices.Clone(failures)
 		reached := map[string]bool{}
 		for _, ns := range m.order {
 			be := m.backends[ns]
-			var group []target
+			group := make([]target, 0, len(targets))
 			for _, t := range targets {
 				if t.ns == ns {
 					group = append(group, t)
@@ -205,7 +217,8 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 			if err != nil {
 				return err
 			}
-			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext}
+			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext,
+				Keys: make([]encrypted.Key, 0, len(group))}
 			for _, t := range group {
 				jid, dev := t.info.JID, t.info.DeviceID
 				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, have[Recipient{jid, dev, ns}])

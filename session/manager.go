@@ -29,7 +29,8 @@ type Manager struct {
 	// forking at no measurable cost. Network round trips happen outside it.
 	mu       sync.Mutex
 	backends map[string]backends.Backend // guarded by mu
-	order    []string                    // namespaces in priority order
+	cache    *readCache
+	order    []string // namespaces in priority order
 
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
@@ -52,7 +53,7 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if st == nil || net == nil {
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}}
+	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache()}
 	for _, f := range c.Backends {
 		m.order = append(m.order, f.Namespace)
 	}
@@ -135,7 +136,17 @@ func (m *Manager) update(ctx context.Context, f func(tx store.Tx) error) error {
 }
 
 func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) error {
-	err := m.store.Update(ctx, f)
+	gen := m.cache.generation()
+	var track *trackTx
+	err := m.store.Update(ctx, func(tx store.Tx) error {
+		track = &trackTx{Tx: tx}
+		return f(track)
+	})
+	if track != nil && (track.meta || track.sessionsGone) {
+		m.cache.invalidate(track.meta, track.sessionsGone)
+	} else if err == nil && track != nil {
+		m.cache.addSessions(gen, track.newSessions...)
+	}
 	if err != nil {
 		if rerr := m.reloadBackendsLocked(context.WithoutCancel(ctx)); rerr != nil {
 			m.cfg.OnError(fmt.Errorf("omemo: restoring key state after a failed commit: %w", rerr))
