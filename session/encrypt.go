@@ -64,10 +64,10 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 		info DeviceInfo
 		ns   string
 		key  string // the session's storage key
+		have bool   // a session exists
 	}
 	var targets []target
 	var failures []DeviceError
-	var known []trust.Device
 	// Device information of every recipient in one read, identity keys
 	// discovered in parallel across recipients.
 	results, err := m.devicesOfJIDs(ctx, all, cache)
@@ -82,7 +82,6 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 			if jid == m.cfg.JID && d.DeviceID == m.devID {
 				continue
 			}
-			known = append(known, d.trustDevice())
 			ns := ""
 			for _, a := range d.Active { // Active is in priority order
 				if plaintexts[a] != nil {
@@ -93,7 +92,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 			if ns == "" {
 				continue
 			}
-			targets = append(targets, target{d, ns, keySession(ns, d.JID, d.DeviceID)})
+			targets = append(targets, target{info: d, ns: ns, key: keySession(ns, d.JID, d.DeviceID)})
 		}
 	}
 
@@ -106,6 +105,15 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 		}
 	}
 	if len(undecided) > 0 {
+		// The policy sees every known device of the recipients.
+		var known []trust.Device
+		for i, jid := range all {
+			for _, d := range results[i].infos {
+				if jid != m.cfg.JID || d.DeviceID != m.devID {
+					known = append(known, d.trustDevice())
+				}
+			}
+		}
 		decisions, err := m.cfg.Trust.Decide(ctx, undecided, known)
 		if err != nil {
 			return nil, fmt.Errorf("omemo: trust decision: %w", err)
@@ -154,23 +162,22 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	targets = trusted
 
 	// Bundles of the devices we have no session with, fetched in parallel.
-	have := map[Recipient]bool{}
-	var unknown []target
-	for _, t := range targets {
-		if m.cache.hasSession(t.key) {
-			have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
+	var unknown []int
+	for i := range targets {
+		if m.cache.hasSession(targets[i].key) {
+			targets[i].have = true
 		} else {
-			unknown = append(unknown, t)
+			unknown = append(unknown, i)
 		}
 	}
 	if len(unknown) > 0 {
 		gen := m.cache.generation()
 		if err := m.store.View(ctx, func(tx store.Tx) error {
-			for _, t := range unknown {
-				_, err := tx.Get(t.key)
+			for _, i := range unknown {
+				_, err := tx.Get(targets[i].key)
 				if err == nil {
-					have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] = true
-					m.cache.addSessions(gen, t.key)
+					targets[i].have = true
+					m.cache.addSessions(gen, targets[i].key)
 				} else if !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
@@ -181,7 +188,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 		}
 	}
 	for _, t := range targets {
-		if !have[Recipient{t.info.JID, t.info.DeviceID, t.ns}] {
+		if !t.have {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -221,7 +228,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 				Keys: make([]encrypted.Key, 0, len(group))}
 			for _, t := range group {
 				jid, dev := t.info.JID, t.info.DeviceID
-				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, have[Recipient{jid, dev, ns}])
+				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, t.have)
 				if err != nil {
 					if isDeviceFailure(err) {
 						res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
