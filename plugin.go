@@ -21,6 +21,7 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/carbons"
+	"mellium.im/xmpp/disco/info"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/mux"
 	"mellium.im/xmpp/stanza"
@@ -186,6 +187,10 @@ type Config struct {
 	// handler (pep.HandleDisco); the application must then answer
 	// caps-node queries with the +notify features itself.
 	NoDisco bool
+	// NoIdentity leaves out the disco identity (category client, type
+	// pc) that Handle registers with disco, for applications that
+	// register their own.
+	NoIdentity bool
 	// SendPresence makes Start send the initial available presence with
 	// the entity capabilities that subscribe to device list notifications
 	// (see CapsPresence).
@@ -386,6 +391,11 @@ func (p *Plugin) Handle(h Handler) mux.Option {
 		mux.Feature(pep.NotifyFeatures(nodes...))(m)
 		if !p.cfg.NoDisco {
 			pep.HandleDisco(p.cfg.CapsNode)(m)
+			if !p.cfg.NoIdentity {
+				// XEP-0030 requires an identity; without one, clients
+				// that verify caps hashes (slixmpp) reject ours.
+				mux.Ident(clientIdentity{})(m)
+			}
 		}
 	}
 }
@@ -580,4 +590,14 @@ func (p *Plugin) sendReader(ctx context.Context, r xml.TokenReader) error {
 		return err
 	}
 	return p.send(ctx, toks)
+}
+
+// clientIdentity is the disco identity Handle advertises.
+type clientIdentity struct{}
+
+func (clientIdentity) ForIdentities(node string, f func(info.Identity) error) error {
+	if node != "" {
+		return nil
+	}
+	return f(info.Identity{Category: "client", Type: "pc"})
 }

@@ -1,0 +1,491 @@
+#!/usr/bin/python3
+"""
+A scriptable OMEMO chat client on the Python reference stack, for live cross-client tests of the Go plugin
+through a real XMPP server (integration_test/python_test.go).
+
+python-omemo 1.0.2 with the twomemo and/or oldmemo backends, on slixmpp 1.8.3 (Debian packages; run with
+/usr/bin/python3). The slixmpp integration (PEP hooks, message parsing and serialisation) follows
+bench/e2e/pyclient.py. One process is one device with in-memory storage and blind trust (every device is
+trusted). OMEMO 2 plaintexts are XEP-0420 envelopes (content/body, rpad, time, to, from); legacy OMEMO
+encrypts the UTF-8 body.
+
+Control: JSON lines. Every request on stdin gets exactly one response on stdout; requests are handled one at
+a time, in order; "id" is echoed. Events that are not responses (received messages, rejected messages,
+device-list notifications) are also written to stdout as they happen. Logs go to stderr only.
+
+Requests:
+  {"op":"connect","jid":BARE,"password":PW,"address":"HOST:PORT","backends":[NS,...],"timeout":SECONDS}
+      logs in (STARTTLS without certificate verification), creates the SessionManager with the backends in
+      priority order (it publishes the device lists and bundles), checks that the own device is listed on the
+      server for every backend, sends presence (with entity capabilities announcing +notify for the device
+      list nodes), then answers
+      {"event":"ready","jid":FULL,"device":ID,"namespaces":[NS,...]}
+  {"op":"send","to":BARE,"body":TEXT}
+      refreshes the recipient's device lists (every backend) before the first message to it, encrypts and
+      sends a chat message; answers {"event":"sent","to":BARE,"recipients":[{"jid","device","namespace"}]}
+  {"op":"devices","jid":BARE}
+      downloads the device lists of BARE and gives them to the SessionManager;
+      answers {"event":"devices","jid":BARE,"devices":{NS:[ID,...]}}
+  {"op":"quit"}
+      disconnects; answers {"event":"bye"} and exits with status 0 (also at EOF on stdin)
+  A failed request answers {"event":"error","op":OP,"error":"Class: message"}.
+
+Events:
+  {"event":"message","from":BARE,"device":ID,"namespace":NS,"body":TEXT}     a decrypted message with a body
+  {"event":"rejected","from":BARE,"namespace":NS,"error":"Class: message"}    a message that failed
+  {"event":"devicelist","jid":BARE,"namespace":NS,"devices":[ID,...]}        a device-list notification
+
+Set XMPPCLIENT_DEBUG=1 in the environment to log slixmpp's stream traffic to stderr.
+"""
+
+import asyncio
+import copy
+import datetime
+import json
+import logging
+import os
+import secrets
+import ssl
+import sys
+import xml.etree.ElementTree as ET
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+
+import omemo
+from omemo.session_manager import BundleDownloadFailed, BundleNotFound, UnknownNamespace
+import oldmemo
+import oldmemo.etree
+import oldmemo.oldmemo
+import twomemo
+import twomemo.etree
+import twomemo.twomemo
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+NS2 = twomemo.twomemo.NAMESPACE  # urn:xmpp:omemo:2
+NS1 = oldmemo.oldmemo.NAMESPACE  # eu.siacs.conversations.axolotl
+ETREE = {NS2: twomemo.etree, NS1: oldmemo.etree}
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+NS_SCE = "urn:xmpp:sce:1"
+NS_CLIENT = "jabber:client"
+
+LOG = logging.getLogger("xmppclient")
+
+
+def devices_node(ns: str) -> str:
+    return "urn:xmpp:omemo:2:devices" if ns == NS2 else "eu.siacs.conversations.axolotl.devicelist"
+
+
+def bundle_node_item(ns: str, device_id: int) -> Tuple[str, str]:
+    if ns == NS2:
+        return "urn:xmpp:omemo:2:bundles", str(device_id)
+    return f"eu.siacs.conversations.axolotl.bundles:{device_id}", "current"
+
+
+def emit(obj: Dict[str, Any]) -> None:
+    """Writes one JSON line to stdout (the only writer; everything runs on the event loop thread)."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class MemoryStorage(omemo.Storage):
+    """In-memory omemo.Storage (values deep-copied)."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.data: Dict[str, Any] = {}
+
+    async def _load(self, key: str) -> omemo.Maybe:
+        if key in self.data:
+            return omemo.Just(copy.deepcopy(self.data[key]))
+        return omemo.Nothing()
+
+    async def _store(self, key: str, value: Any) -> None:
+        self.data[key] = copy.deepcopy(value)
+
+    async def _delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def sce_envelope(body: str, frm: str, to: str) -> bytes:
+    """The XEP-0420 envelope of a chat message body, with all affixes."""
+    env = ET.Element(f"{{{NS_SCE}}}envelope")
+    content = ET.SubElement(env, f"{{{NS_SCE}}}content")
+    ET.SubElement(content, f"{{{NS_CLIENT}}}body").text = body
+    ET.SubElement(env, f"{{{NS_SCE}}}rpad").text = secrets.token_urlsafe(secrets.randbelow(150) // 4 + 1)
+    ET.SubElement(env, f"{{{NS_SCE}}}time", stamp=datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"))
+    ET.SubElement(env, f"{{{NS_SCE}}}to", jid=to)
+    ET.SubElement(env, f"{{{NS_SCE}}}from", jid=frm)
+    return ET.tostring(env, encoding="utf-8", xml_declaration=False)
+
+
+def sce_body(raw: bytes, sender: str, own: str) -> Optional[str]:
+    """The body of an XEP-0420 envelope; rpad is required, present from/to affixes must match."""
+    env = ET.fromstring(raw)
+    if env.tag != f"{{{NS_SCE}}}envelope":
+        raise ValueError(f"not an SCE envelope: {env.tag}")
+    if env.find(f"{{{NS_SCE}}}rpad") is None:
+        raise ValueError("SCE envelope without rpad")
+    content = env.find(f"{{{NS_SCE}}}content")
+    if content is None:
+        raise ValueError("SCE envelope without content")
+    frm = env.find(f"{{{NS_SCE}}}from")
+    to = env.find(f"{{{NS_SCE}}}to")
+    if frm is not None and frm.get("jid") != sender:
+        raise ValueError(f"SCE from affix {frm.get('jid')!r} does not match the sender {sender!r}")
+    if to is not None and to.get("jid") != own:
+        raise ValueError(f"SCE to affix {to.get('jid')!r} does not match {own!r}")
+    body = content.find(f"{{{NS_CLIENT}}}body")
+    if body is None:
+        return None
+    return body.text or ""
+
+
+def has_key_for(enc: ET.Element, ns: str, own: str, device_id: int) -> bool:
+    """Whether an <encrypted> element carries a key for this device."""
+    rid = str(device_id)
+    header = enc.find(f"{{{ns}}}header")
+    if header is None:
+        return False
+    if ns == NS2:
+        for keys in header.findall(f"{{{ns}}}keys"):
+            if keys.get("jid") == own and any(k.get("rid") == rid for k in keys.findall(f"{{{ns}}}key")):
+                return True
+        return False
+    return any(k.get("rid") == rid for k in header.findall(f"{{{ns}}}key"))
+
+
+class Client(slixmpp.ClientXMPP):
+    """One OMEMO device: a slixmpp client with its own SessionManager and in-memory storage."""
+
+    def __init__(self, account: str, password: str, namespaces: List[str]) -> None:
+        super().__init__(account, password)
+        self.namespaces = namespaces
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE  # loopback test server, throw-away certificate
+        self.register_plugin("xep_0004")
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0060")
+        self.register_plugin("xep_0115")
+        self.started = asyncio.get_event_loop().create_future()
+        self.add_event_handler("session_start", self._session_start)
+        # Every message stanza: slixmpp's "message" event only covers messages with a <body>, which leaves
+        # out empty OMEMO messages (session completion, heartbeats) and PEP notifications.
+        self.register_handler(CoroutineCallback("OMEMO messages", MatchXPath(f"{{{NS_CLIENT}}}message"),
+                                                self._message))
+        self.add_event_handler("disconnected", self._disconnected)
+        self.storage = MemoryStorage()
+        self.sm: Any = None
+        self.device_id = 0
+        self.lock = asyncio.Lock()  # one OMEMO operation at a time
+        self.known_lists: set = set()
+
+    async def _session_start(self, _event: Any) -> None:
+        if not self.started.done():
+            self.started.set_result(True)
+
+    def _disconnected(self, _event: Any) -> None:
+        if not self.started.done():
+            self.started.set_exception(ConnectionError("disconnected before the session started"))
+
+    # -- PEP ----------------------------------------------------------------------------------------------
+
+    async def pep_publish(self, node: str, item_id: str, payload: ET.Element, max_items: str) -> None:
+        form = self["xep_0004"].make_form("submit")
+        form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+        form.add_field(var="pubsub#persist_items", value="true")
+        form.add_field(var="pubsub#access_model", value="open")
+        form.add_field(var="pubsub#max_items", value=max_items)
+        await self["xep_0060"].publish(None, node, id=item_id, payload=payload, options=form, timeout=15)
+
+    async def pep_item(self, owner: str, node: str, item_id: str) -> Optional[ET.Element]:
+        try:
+            iq = await self["xep_0060"].get_item(owner, node, item_id, timeout=15)
+        except IqError as e:
+            if e.condition == "item-not-found":
+                return None
+            raise
+        item = iq.xml.find(f"{{{NS_PUBSUB}}}pubsub/{{{NS_PUBSUB}}}items/{{{NS_PUBSUB}}}item")
+        if item is None or len(item) == 0:
+            return None
+        return item[0]
+
+    async def download_device_list(self, namespace: str, bare_jid: str) -> Dict[int, Optional[str]]:
+        el = await self.pep_item(bare_jid, devices_node(namespace), "current")
+        if el is None:
+            return {}
+        return ETREE[namespace].parse_device_list(el)
+
+    # -- SessionManager -----------------------------------------------------------------------------------
+
+    async def start_omemo(self) -> None:
+        dev = self
+
+        class SM(omemo.SessionManager):
+            @staticmethod
+            async def _upload_bundle(bundle: omemo.Bundle) -> None:
+                node, item = bundle_node_item(bundle.namespace, bundle.device_id)
+                await dev.pep_publish(node, item, ETREE[bundle.namespace].serialize_bundle(bundle),
+                                      "max" if bundle.namespace == NS2 else "1")
+
+            @staticmethod
+            async def _download_bundle(namespace: str, bare_jid: str, device_id: int) -> omemo.Bundle:
+                if namespace not in ETREE:
+                    raise UnknownNamespace(namespace)
+                node, item = bundle_node_item(namespace, device_id)
+                try:
+                    el = await dev.pep_item(bare_jid, node, item)
+                except (IqError, IqTimeout) as e:
+                    raise BundleDownloadFailed(str(e)) from e
+                if el is None:
+                    raise BundleNotFound(f"{namespace} {bare_jid}/{device_id}")
+                return ETREE[namespace].parse_bundle(el, bare_jid, device_id)
+
+            @staticmethod
+            async def _delete_bundle(namespace: str, device_id: int) -> None:
+                node, item = bundle_node_item(namespace, device_id)
+                try:
+                    await dev["xep_0060"].retract(None, node, item, notify=True)
+                except (IqError, IqTimeout):
+                    pass
+
+            @staticmethod
+            async def _upload_device_list(namespace: str, device_list: Dict[int, Optional[str]]) -> None:
+                await dev.pep_publish(devices_node(namespace), "current",
+                                      ETREE[namespace].serialize_device_list(device_list), "1")
+
+            @staticmethod
+            async def _download_device_list(namespace: str, bare_jid: str) -> Dict[int, Optional[str]]:
+                if namespace not in ETREE:
+                    raise UnknownNamespace(namespace)
+                return await dev.download_device_list(namespace, bare_jid)
+
+            async def _evaluate_custom_trust_level(self, device: omemo.DeviceInformation) -> omemo.TrustLevel:
+                return {"trusted": omemo.TrustLevel.TRUSTED, "distrusted": omemo.TrustLevel.DISTRUSTED}.get(
+                    device.trust_level_name, omemo.TrustLevel.UNDECIDED)
+
+            async def _make_trust_decision(self, undecided: FrozenSet[omemo.DeviceInformation],
+                                           identifier: Optional[str]) -> None:
+                # Blind trust: everything is trusted.
+                for d in undecided:
+                    await self.set_trust(d.bare_jid, d.identity_key, "trusted")
+
+            @staticmethod
+            async def _send_message(message: omemo.Message, bare_jid: str) -> None:
+                # Empty messages of the session manager (session completion, heartbeats).
+                LOG.info("sending an empty %s message to %s", message.namespace, bare_jid)
+                dev.send_encrypted(bare_jid, [message], None)
+
+        backends = []
+        for ns in self.namespaces:
+            backends.append(twomemo.Twomemo(self.storage) if ns == NS2 else oldmemo.Oldmemo(self.storage))
+        self.sm = await SM.create(
+            backends, self.storage, self.boundjid.bare, "xmppclient", "undecided",
+            pre_key_refill_threshold=99,  # lower values trip a python-omemo 1.0.2 bug (see smpeer.py)
+        )
+        await self.sm.after_history_sync()
+        own, _ = await self.sm.get_own_device_information()
+        self.device_id = own.device_id
+
+    async def check_published(self) -> None:
+        """Fails unless the own device is in the own device list on the server, for every backend."""
+        own = self.boundjid.bare
+        for ns in self.namespaces:
+            devices = await self.download_device_list(ns, own)
+            if self.device_id not in devices:
+                raise RuntimeError(f"own device {self.device_id} missing from the {ns} device list: {devices}")
+            node, item = bundle_node_item(ns, self.device_id)
+            if await self.pep_item(own, node, item) is None:
+                raise RuntimeError(f"own {ns} bundle not published")
+
+    async def refresh(self, bare_jid: str) -> Dict[str, List[int]]:
+        """Downloads the device lists of bare_jid (every backend, in parallel) into the SessionManager."""
+        lists = await asyncio.gather(*(self.download_device_list(ns, bare_jid) for ns in self.namespaces))
+        out = {}
+        for ns, devices in zip(self.namespaces, lists):
+            await self.sm.update_device_list(ns, bare_jid, devices)
+            out[ns] = sorted(devices)
+        self.known_lists.add(bare_jid)
+        return out
+
+    # -- messages -----------------------------------------------------------------------------------------
+
+    def send_encrypted(self, to: str, messages: List[omemo.Message], fallback: Optional[str]) -> None:
+        msg = self.make_message(mto=to, mtype="chat")
+        msgs = sorted(messages, key=lambda m: 0 if m.namespace == NS2 else 1)
+        for m in msgs:
+            msg.xml.append(ETREE[m.namespace].serialize_message(m))
+        ET.SubElement(msg.xml, "{urn:xmpp:eme:0}encryption", namespace=msgs[0].namespace,
+                      name="OMEMO 2" if msgs[0].namespace == NS2 else "OMEMO")
+        ET.SubElement(msg.xml, "{urn:xmpp:hints}store")
+        if fallback:
+            msg["body"] = fallback
+        msg.send()
+
+    async def send_body(self, to: str, body: str) -> List[Dict[str, Any]]:
+        async with self.lock:
+            if to not in self.known_lists:
+                # python-omemo encrypts to cached device lists only.
+                await self.refresh(to)
+            own = self.boundjid.bare
+            plaintexts = {NS2: sce_envelope(body, own, to), NS1: body.encode("utf-8")}
+            messages, errors = await self.sm.encrypt(
+                frozenset([to]), {ns: plaintexts[ns] for ns in self.namespaces})
+            for e in errors:
+                LOG.warning("encryption error: %s", describe(e))
+            if not messages:
+                raise RuntimeError("nothing encrypted")
+            self.send_encrypted(to, list(messages.keys()), "I sent you an OMEMO encrypted message")
+            return [{"jid": k.bare_jid, "device": k.device_id, "namespace": m.namespace}
+                    for m in messages for k, _kex in m.keys]
+
+    async def _device_list_event(self, event: ET.Element, sender: str) -> None:
+        for items in event.findall(f"{{{NS_PUBSUB_EVENT}}}items"):
+            for ns in self.namespaces:
+                if items.get("node") != devices_node(ns):
+                    continue
+                item = items.find(f"{{{NS_PUBSUB_EVENT}}}item")
+                if item is None or len(item) == 0:
+                    continue
+                try:
+                    devices = ETREE[ns].parse_device_list(item[0])
+                    async with self.lock:
+                        await self.sm.update_device_list(ns, sender, devices)
+                except Exception as e:  # a bad notification is logged, not fatal
+                    LOG.warning("device list notification from %s: %s", sender, describe(e))
+                    continue
+                emit({"event": "devicelist", "jid": sender, "namespace": ns, "devices": sorted(devices)})
+
+    async def _message(self, msg: slixmpp.Message) -> None:
+        if self.sm is None:
+            return
+        sender = msg["from"].bare
+        own = self.boundjid.bare
+        event = msg.xml.find(f"{{{NS_PUBSUB_EVENT}}}event")
+        if event is not None:
+            await self._device_list_event(event, sender or own)
+            return
+        if msg["type"] not in ("chat", "normal"):
+            return
+        chosen = None
+        for ns in self.namespaces:
+            enc = msg.xml.find(f"{{{ns}}}encrypted")
+            if enc is not None and has_key_for(enc, ns, own, self.device_id):
+                chosen = (ns, enc)
+                break
+        if chosen is None:
+            if any(msg.xml.find(f"{{{ns}}}encrypted") is not None for ns in ETREE):
+                LOG.info("OMEMO message from %s without a key for this device", sender)
+            return
+        ns, enc = chosen
+        try:
+            async with self.lock:
+                if ns == NS2:
+                    message = twomemo.etree.parse_message(enc, sender)
+                else:
+                    message = await oldmemo.etree.parse_message(enc, sender, own, self.sm)
+                plaintext, device, _ = await self.sm.decrypt(message)
+            if plaintext is None:
+                LOG.info("empty %s message from %s/%d", ns, sender, device.device_id)
+                return
+            body = sce_body(plaintext, sender, own) if ns == NS2 else plaintext.decode("utf-8")
+        except Exception as e:
+            LOG.warning("rejected %s message from %s: %s", ns, sender, describe(e))
+            emit({"event": "rejected", "from": sender, "namespace": ns, "error": describe(e)})
+            return
+        if body is None:
+            return
+        emit({"event": "message", "from": sender, "device": device.device_id, "namespace": ns, "body": body})
+
+
+async def do_connect(req: Dict[str, Any]) -> Tuple[Client, Dict[str, Any]]:
+    namespaces = list(req.get("backends") or [NS2, NS1])
+    if not namespaces or any(ns not in ETREE for ns in namespaces) or len(set(namespaces)) != len(namespaces):
+        raise ValueError(f"bad backends {namespaces!r}")
+    timeout = float(req.get("timeout", 20))
+    host, port = str(req["address"]).rsplit(":", 1)
+    client = Client(req["jid"], req["password"], namespaces)
+    client.connect(address=(host, int(port)))
+    await asyncio.wait_for(client.started, timeout)
+    # After resource binding: slixmpp keeps disco data per full JID.
+    for ns in namespaces:
+        client["xep_0030"].add_feature(devices_node(ns) + "+notify")
+    await asyncio.wait_for(client.start_omemo(), timeout)
+    await asyncio.wait_for(client.check_published(), timeout)
+    await client["xep_0115"].update_caps(broadcast=False)
+    client.send_presence()
+    return client, {"event": "ready", "jid": str(client.boundjid), "device": client.device_id,
+                    "namespaces": namespaces}
+
+
+async def disconnect(client: Optional[Client]) -> None:
+    if client is None:
+        return
+    try:
+        await asyncio.wait_for(client.disconnect(wait=1.0), 5)
+    except Exception:
+        pass
+
+
+async def main() -> None:
+    loop = asyncio.get_event_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    client: Optional[Client] = None
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            req: Dict[str, Any] = {}
+            try:
+                req = json.loads(line)
+                op = req.get("op")
+                if op == "connect":
+                    if client is not None:
+                        raise RuntimeError("already connected")
+                    client, resp = await do_connect(req)
+                elif op == "send":
+                    if client is None:
+                        raise RuntimeError("not connected")
+                    recipients = await asyncio.wait_for(client.send_body(req["to"], req["body"]), 30)
+                    resp = {"event": "sent", "to": req["to"], "recipients": recipients}
+                elif op == "devices":
+                    if client is None:
+                        raise RuntimeError("not connected")
+                    async with client.lock:
+                        devices = await asyncio.wait_for(client.refresh(req["jid"]), 30)
+                    resp = {"event": "devices", "jid": req["jid"], "devices": devices}
+                elif op == "quit":
+                    await disconnect(client)
+                    client = None
+                    emit({"event": "bye", **({"id": req["id"]} if "id" in req else {})})
+                    return
+                else:
+                    raise ValueError(f"unknown op {op!r}")
+            except Exception as e:
+                LOG.warning("request %s failed: %s", req.get("op"), describe(e))
+                resp = {"event": "error", "op": req.get("op"), "error": describe(e)}
+            if "id" in req:
+                resp["id"] = req["id"]
+            emit(resp)
+    finally:
+        await disconnect(client)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("slixmpp").setLevel(logging.DEBUG if os.environ.get("XMPPCLIENT_DEBUG") else logging.WARNING)
+    # python-omemo warns about expected events of a fresh device.
+    logging.getLogger("omemo").setLevel(logging.ERROR)
+    asyncio.run(main())
