@@ -77,17 +77,13 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 	be = m.backends[ns]
 	err = m.updateLocked(ctx, func(tx store.Tx) error {
 		usedPreKey, sendEmpty = false, false
-		var existing backends.Session
-		raw, err := tx.Get(sessionKey)
-		switch {
-		case err == nil:
-			existing, err = be.UnmarshalSession(raw)
-			if err != nil {
-				m.cfg.Logger.Warn("omemo: dropping unreadable session", "jid", from, "device", msg.SID, "err", err)
-				existing = nil
+		existing, err := m.loadSession(tx, be, sessionKey)
+		if err != nil {
+			if !errors.Is(err, errUnreadableSession) {
+				return err
 			}
-		case !errors.Is(err, store.ErrNotFound):
-			return err
+			m.cfg.Logger.Warn("omemo: dropping unreadable session", "jid", from, "device", msg.SID, "err", err)
+			existing = nil
 		}
 
 		var s backends.Session
@@ -127,11 +123,7 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 			}
 			out.Plaintext = pt
 		}
-		raw, err = s.MarshalBinary()
-		if err != nil {
-			return err
-		}
-		if err := tx.Put(sessionKey, raw); err != nil {
+		if err := m.saveSession(tx, sessionKey, s); err != nil {
 			return err
 		}
 		if usedPreKey {

@@ -236,11 +236,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 					}
 					return err
 				}
-				raw, err := s.MarshalBinary()
-				if err != nil {
-					return err
-				}
-				if err := tx.Put(t.key, raw); err != nil {
+				if err := m.saveSession(tx, t.key, s); err != nil {
 					return err
 				}
 				msg.Keys = append(msg.Keys, encrypted.Key{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data})
@@ -283,17 +279,13 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 // session from its bundle if there is none.
 func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, haveSession bool) (backends.KeyElement, backends.Session, error) {
 	if haveSession {
-		raw, err := tx.Get(key)
-		if err == nil {
-			s, err := be.UnmarshalSession(raw)
-			if err != nil {
-				return backends.KeyElement{}, nil, err
-			}
+		s, err := m.loadSession(tx, be, key)
+		if err != nil {
+			return backends.KeyElement{}, nil, err
+		}
+		if s != nil {
 			ke, err := be.EncryptKeyMaterial(s, km)
 			return ke, s, err
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return backends.KeyElement{}, nil, err
 		}
 	}
 	b, err := cache.get(ctx, m.net, ns, jid, dev)

@@ -30,7 +30,11 @@ type Manager struct {
 	mu       sync.Mutex
 	backends map[string]backends.Backend // guarded by mu
 	cache    *readCache
-	order    []string // namespaces in priority order
+	// loaded holds deserialised sessions by storage key, each exactly what
+	// the store holds (guarded by mu); saved collects the sessions a
+	// running transaction stores, to be kept once it commits.
+	loaded, saved map[string]backends.Session
+	order         []string // namespaces in priority order
 
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
@@ -53,7 +57,8 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if st == nil || net == nil {
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache()}
+	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache(),
+		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}}
 	for _, f := range c.Backends {
 		m.order = append(m.order, f.Namespace)
 	}
@@ -147,6 +152,25 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 	} else if err == nil && track != nil {
 		m.cache.addSessions(gen, track.newSessions...)
 	}
+	// Loaded sessions stay in memory while the store holds exactly what
+	// they were saved as: a committed write keeps the object that was
+	// saved, anything else about a session key drops it.
+	if track != nil {
+		if track.sessionsGone {
+			clear(m.loaded)
+		}
+		for _, k := range track.newSessions {
+			if s, ok := m.saved[k]; ok && err == nil {
+				m.loaded[k] = s
+			} else {
+				delete(m.loaded, k)
+			}
+		}
+		if len(m.loaded) > maxLoadedSessions {
+			clear(m.loaded)
+		}
+	}
+	clear(m.saved)
 	if err != nil {
 		if rerr := m.reloadBackendsLocked(context.WithoutCancel(ctx)); rerr != nil {
 			m.cfg.OnError(fmt.Errorf("omemo: restoring key state after a failed commit: %w", rerr))
@@ -246,6 +270,49 @@ func (u *undoTx) DeletePrefix(prefix string) error {
 		return err
 	}
 	return u.Tx.DeletePrefix(prefix)
+}
+
+// maxLoadedSessions bounds the sessions kept deserialised in memory.
+const maxLoadedSessions = 4096
+
+// loadSession returns the session stored under key (nil if none), taking
+// it from memory when it is there. A session taken from memory is removed
+// until saveSession keeps it again, so a failed transaction can never leave
+// a modified object behind. The caller holds mu.
+func (m *Manager) loadSession(tx store.Tx, be backends.Backend, key string) (backends.Session, error) {
+	if s, ok := m.loaded[key]; ok && s.Namespace() == be.Namespace() {
+		delete(m.loaded, key)
+		return s, nil
+	}
+	raw, err := tx.Get(key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := be.UnmarshalSession(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUnreadableSession, err)
+	}
+	return s, nil
+}
+
+// errUnreadableSession marks stored session bytes that do not decode.
+var errUnreadableSession = errors.New("omemo: unreadable stored session")
+
+// saveSession stores a session; the object is kept in memory once the
+// transaction commits. The caller holds mu.
+func (m *Manager) saveSession(tx store.Tx, key string, s backends.Session) error {
+	raw, err := s.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if err := tx.Put(key, raw); err != nil {
+		return err
+	}
+	m.saved[key] = s
+	return nil
 }
 
 func (m *Manager) reloadBackendsLocked(ctx context.Context) error {
