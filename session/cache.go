@@ -16,9 +16,13 @@ import (
 // (generation check), so the cache can only be cold, never stale. Only this
 // Manager writes the store (the persistent store is locked per process).
 type readCache struct {
-	mu       sync.Mutex
-	gen      uint64
-	devices  map[string]map[uint32]deviceRecord
+	mu      sync.Mutex
+	gen     uint64
+	devices map[string]map[uint32]deviceRecord
+	// infos holds the device information built from devices[jid] when
+	// every record has its identity key (nothing left to discover).
+	// Levels are evaluated again on every use: a Policy need not be pure.
+	infos    map[string][]DeviceInfo
 	trust    map[trustRef]string // absent: nothing stored
 	sessions map[string]struct{} // storage keys of sessions known to exist
 }
@@ -31,6 +35,7 @@ type trustRef struct {
 func newReadCache() *readCache {
 	return &readCache{
 		devices:  map[string]map[uint32]deviceRecord{},
+		infos:    map[string][]DeviceInfo{},
 		trust:    map[trustRef]string{},
 		sessions: map[string]struct{}{},
 	}
@@ -58,6 +63,29 @@ func (c *readCache) putDevices(gen uint64, jid string, recs map[uint32]deviceRec
 	defer c.mu.Unlock()
 	if gen == c.gen {
 		c.devices[jid] = maps.Clone(recs)
+	}
+}
+
+// devicesAndInfos returns the cached records and device information of
+// jid. Both are shared: the caller must not modify them.
+func (c *readCache) devicesAndInfos(jid string) (map[uint32]deviceRecord, []DeviceInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	infos, ok := c.infos[jid]
+	if !ok {
+		return nil, nil, false
+	}
+	return c.devices[jid], infos, true
+}
+
+// putInfos caches the device information of jid built from recs; recs and
+// infos must not be modified afterwards.
+func (c *readCache) putInfos(gen uint64, jid string, recs map[uint32]deviceRecord, infos []DeviceInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen == c.gen {
+		c.devices[jid] = recs
+		c.infos[jid] = infos
 	}
 }
 
@@ -108,6 +136,7 @@ func (c *readCache) invalidate(meta, sessions bool) {
 	c.gen++
 	if meta {
 		clear(c.devices)
+		clear(c.infos)
 		clear(c.trust)
 	}
 	if sessions {
@@ -128,8 +157,10 @@ const (
 	prefixNS         = "omemo/ns/"
 )
 
+// isMetaKey reports keys whose records the device information is built
+// from: device records, trust decisions and the own label.
 func isMetaKey(k string) bool {
-	return strings.HasPrefix(k, prefixDevicesAll) || strings.HasPrefix(k, prefixTrustAll)
+	return strings.HasPrefix(k, prefixDevicesAll) || strings.HasPrefix(k, prefixTrustAll) || k == keyOwnLabel
 }
 
 func isSessionKey(k string) bool {
@@ -152,7 +183,7 @@ func (t *trackTx) Delete(k string) error {
 
 func (t *trackTx) DeletePrefix(p string) error {
 	t.note(p)
-	if p == "" || strings.HasPrefix(prefixNS, p) || strings.HasPrefix(prefixDevicesAll, p) || strings.HasPrefix(prefixTrustAll, p) {
+	if p == "" || strings.HasPrefix(prefixNS, p) || strings.HasPrefix(prefixDevicesAll, p) || strings.HasPrefix(prefixTrustAll, p) || strings.HasPrefix(keyOwnLabel, p) {
 		t.meta, t.sessionsGone = true, true
 	}
 	return t.Tx.DeletePrefix(p)

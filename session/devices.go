@@ -285,6 +285,11 @@ func (m *Manager) Devices(ctx context.Context, jid string) ([]DeviceInfo, error)
 		return nil, err
 	}
 	infos, _, _, err := m.devices(ctx, jid, nil)
+	// The namespace lists may be shared with the read cache.
+	for i := range infos {
+		infos[i].Namespaces = slices.Clone(infos[i].Namespaces)
+		infos[i].Active = slices.Clone(infos[i].Active)
+	}
 	return infos, err
 }
 
@@ -317,7 +322,8 @@ func (m *Manager) devices(ctx context.Context, jid string, cache *bundleCache) (
 	return all[0].infos, all[0].recs, all[0].failures, nil
 }
 
-// jidDevices is what devicesOfJIDs finds about one account.
+// jidDevices is what devicesOfJIDs finds about one account. Its fields may
+// be shared with the read cache: they are read-only.
 type jidDevices struct {
 	infos    []DeviceInfo
 	recs     map[uint32]deviceRecord
@@ -329,6 +335,9 @@ type jidDevices struct {
 // in parallel (one write transaction stores what was found). The bundles
 // downloaded are kept in cache.
 func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundleCache) ([]jidDevices, error) {
+	if out, ok := m.cachedDevicesOfJIDs(jids); ok {
+		return out, nil
+	}
 	out := make([]jidDevices, len(jids))
 	gen := m.cache.generation()
 	var missing []int
@@ -461,8 +470,44 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 	}
 	for i := range out {
 		slices.SortFunc(out[i].failures, func(a, b DeviceError) int { return int(a.DeviceID) - int(b.DeviceID) })
+		complete := len(out[i].failures) == 0
+		for _, rec := range out[i].recs {
+			complete = complete && rec.HasIdentityKey
+		}
+		if complete {
+			// Nothing was written since gen if the cache accepts it.
+			m.cache.putInfos(gen, jids[i], out[i].recs, slices.Clone(out[i].infos))
+		}
 	}
 	return out, nil
+}
+
+// cachedDevicesOfJIDs is devicesOfJIDs from the read cache, without a
+// store transaction, when every account's information is cached. Trust
+// levels are evaluated again; a level the policy no longer knows sends the
+// caller down the slow path, which reports it.
+func (m *Manager) cachedDevicesOfJIDs(jids []string) ([]jidDevices, bool) {
+	out := make([]jidDevices, len(jids))
+	for i, jid := range jids {
+		recs, infos, ok := m.cache.devicesAndInfos(jid)
+		if !ok {
+			return nil, false
+		}
+		out[i].recs = recs
+		out[i].infos = slices.Clone(infos)
+		for j := range out[i].infos {
+			d := &out[i].infos[j]
+			if !d.HasIdentityKey {
+				continue
+			}
+			l, err := m.cfg.Trust.Evaluate(d.Trust)
+			if err != nil {
+				return nil, false
+			}
+			d.Level = l
+		}
+	}
+	return out, true
 }
 
 // SetTrust stores the custom trust level of an identity key of jid.

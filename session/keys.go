@@ -26,7 +26,8 @@ func prefixSessions(ns string) string { return "omemo/ns/" + esc(ns) + "/session
 func prefixSessionsOf(ns, jid string) string { return prefixSessions(ns) + esc(jid) + "/" }
 
 func keySession(ns, jid string, dev uint32) string {
-	return prefixSessionsOf(ns, jid) + strconv.FormatUint(uint64(dev), 10)
+	// One concatenation: this runs for every device of every message.
+	return "omemo/ns/" + esc(ns) + "/sessions/" + esc(jid) + "/" + strconv.FormatUint(uint64(dev), 10)
 }
 
 func prefixDevicesOf(jid string) string { return "omemo/devices/" + esc(jid) + "/" }
