@@ -3,6 +3,7 @@ package backends_test
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding"
 	"errors"
 	"fmt"
 	"testing"
@@ -199,6 +200,12 @@ func TestConversation(t *testing.T) {
 				data, err := ts.MarshalBinary()
 				if err != nil {
 					t.Fatal(err)
+				}
+				// AppendBinary appends exactly MarshalBinary's bytes.
+				prefix := []byte("prefix")
+				appended, err := ts.(encoding.BinaryAppender).AppendBinary(prefix)
+				if err != nil || !bytes.Equal(appended, append([]byte("prefix"), data...)) {
+					t.Fatalf("AppendBinary = %x, %v; want prefix || %x", appended, err, data)
 				}
 				restored, err := to.be.UnmarshalSession(data)
 				if err != nil {

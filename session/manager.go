@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -34,7 +35,10 @@ type Manager struct {
 	// the store holds (guarded by mu); saved collects the sessions a
 	// running transaction stores, to be kept once it commits.
 	loaded, saved map[string]backends.Session
-	order         []string // namespaces in priority order
+	// sessionBuf is where sessions are serialised before the store copies
+	// them; it is wiped after each use (guarded by mu).
+	sessionBuf []byte
+	order      []string // namespaces in priority order
 
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
@@ -304,7 +308,18 @@ var errUnreadableSession = errors.New("omemo: unreadable stored session")
 // saveSession stores a session; the object is kept in memory once the
 // transaction commits. The caller holds mu.
 func (m *Manager) saveSession(tx store.Tx, key string, s backends.Session) error {
-	raw, err := s.MarshalBinary()
+	var raw []byte
+	var err error
+	if a, ok := s.(encoding.BinaryAppender); ok {
+		// Put stores a copy: serialise into one reused buffer.
+		raw, err = a.AppendBinary(m.sessionBuf[:0])
+		if err == nil {
+			m.sessionBuf = raw
+			defer clear(raw)
+		}
+	} else {
+		raw, err = s.MarshalBinary()
+	}
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/internal/doubleratchet"
@@ -41,14 +42,17 @@ var ErrCorruptSession = errors.New("omemo: corrupt session")
 // MarshalBinary encodes the session: version, initiation, confirmed, device
 // id, JID, key exchange, associated data, ratchet state.
 func (s *Session) MarshalBinary() ([]byte, error) {
-	dr, err := s.DR.MarshalBinary()
-	if err != nil {
-		return nil, err
-	}
+	return s.AppendBinary(nil)
+}
+
+// AppendBinary appends what MarshalBinary returns to b (see
+// encoding.BinaryAppender), so that a caller can serialise into a buffer it
+// reuses and wipes.
+func (s *Session) AppendBinary(b []byte) ([]byte, error) {
 	if len(s.PeerJID) > 0xffff || len(s.AD) > 0xff {
 		return nil, fmt.Errorf("%w: field too long", ErrCorruptSession)
 	}
-	out := make([]byte, 0, 3+4+2+len(s.PeerJID)+72+1+len(s.AD)+len(dr))
+	out := slices.Grow(b, 3+4+2+len(s.PeerJID)+72+1+len(s.AD)+s.DR.MarshalledLen())
 	out = append(out, sessionVersion, byte(s.Init), boolByte(s.IsConfirmed))
 	out = binary.BigEndian.AppendUint32(out, s.Device)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(s.PeerJID)))
@@ -59,7 +63,7 @@ func (s *Session) MarshalBinary() ([]byte, error) {
 	out = append(out, s.Kex.EphemeralKey[:]...)
 	out = append(out, byte(len(s.AD)))
 	out = append(out, s.AD...)
-	return append(out, dr...), nil
+	return s.DR.AppendBinary(out)
 }
 
 // UnmarshalSession decodes what MarshalBinary produced. It never panics.

@@ -3,6 +3,7 @@ package doubleratchet
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // stateVersion is the first byte of the serialized state.
@@ -40,8 +41,19 @@ const (
 // and must be stored as confidentially as the session itself. The
 // configuration is not included; pass it to UnmarshalState.
 func (s *State) MarshalBinary() ([]byte, error) {
-	n := fixedLen + 32*len(s.prevPeers) + skippedLen*s.skipped.len()
-	b := make([]byte, 0, n)
+	return s.AppendBinary(make([]byte, 0, s.MarshalledLen()))
+}
+
+// MarshalledLen is the length of the serialised state.
+func (s *State) MarshalledLen() int {
+	return fixedLen + 32*len(s.prevPeers) + skippedLen*s.skipped.len()
+}
+
+// AppendBinary appends what MarshalBinary returns to b (see
+// encoding.BinaryAppender), so that a caller can serialise into a buffer it
+// reuses and wipes.
+func (s *State) AppendBinary(b []byte) ([]byte, error) {
+	b = slices.Grow(b, s.MarshalledLen())
 	b = append(b, stateVersion)
 	var flags byte
 	if s.r.hasPeer {
