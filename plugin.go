@@ -104,8 +104,9 @@ type Message struct {
 	// Body is the text of the decrypted <body>, "" if there was none.
 	Body string
 	// Payload is the decrypted inner XML: the SCE <content> children of
-	// an OMEMO 2 message (every top-level element declares its namespace),
-	// or <body xmlns='jabber:client'>…</body> for legacy OMEMO.
+	// an OMEMO 2 message (every top-level element declares its namespace;
+	// server-processed elements such as hints or stanza-id are removed, see
+	// sce.ServerProcessed), or <body xmlns='jabber:client'>…</body> for legacy OMEMO.
 	Payload []byte
 	// SenderDevice is the sender's OMEMO device id.
 	SenderDevice uint32

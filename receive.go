@@ -678,6 +678,9 @@ func (p *Plugin) decrypt(in *inbound) (Message, bool) {
 		if err := env.Check(policy, in.sender, to); err != nil {
 			return fail(err)
 		}
+		if len(env.Dropped) > 0 {
+			p.cfg.Logger.Debug("omemo: dropped server-processed elements from the envelope", "id", in.msg.ID, "from", in.sender.String(), "elements", len(env.Dropped))
+		}
 		body, err := bodyOf(env.ContentTokens())
 		if err != nil {
 			return fail(err)

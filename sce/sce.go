@@ -62,6 +62,7 @@ package sce // import "mellium.im/omemo/sce"
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -123,6 +124,10 @@ type Envelope struct {
 	// Marshal validates and canonicalises whatever it holds, so a Content set
 	// by hand can never break out of the <content> element.
 	Content []byte
+	// Dropped names the server-processed elements (see ServerProcessed)
+	// that Parse found among the children of <content> and removed from
+	// Content, as XEP-0420 requires.
+	Dropped []xml.Name
 	// RPad is the random padding. OMEMO requires it.
 	RPad string
 	// Time is the moment the sender encrypted the envelope.

@@ -442,7 +442,7 @@ func readTokens(t *testing.T, r xml.TokenReader) ([]xml.Token, error) {
 }
 
 func TestContentTokens(t *testing.T) {
-	e, err := sce.Parse([]byte(`<envelope xmlns='urn:xmpp:sce:1' xmlns:h='urn:xmpp:hints'>
+	e, err := sce.Parse([]byte(`<envelope xmlns='urn:xmpp:sce:1' xmlns:h='urn:example:h'>
 	<content>
 		<body>hi</body>
 		<h:store/>
@@ -459,8 +459,8 @@ func TestContentTokens(t *testing.T) {
 		xml.StartElement{Name: xml.Name{Space: "jabber:client", Local: "body"}, Attr: []xml.Attr{}},
 		xml.CharData("hi"),
 		xml.EndElement{Name: xml.Name{Space: "jabber:client", Local: "body"}},
-		xml.StartElement{Name: xml.Name{Space: "urn:xmpp:hints", Local: "store"}, Attr: []xml.Attr{}},
-		xml.EndElement{Name: xml.Name{Space: "urn:xmpp:hints", Local: "store"}},
+		xml.StartElement{Name: xml.Name{Space: "urn:example:h", Local: "store"}, Attr: []xml.Attr{}},
+		xml.EndElement{Name: xml.Name{Space: "urn:example:h", Local: "store"}},
 		xml.StartElement{Name: xml.Name{Space: "jabber:x:oob", Local: "x"}, Attr: []xml.Attr{{Name: xml.Name{Space: "http://www.w3.org/XML/1998/namespace", Local: "lang"}, Value: "en"}}},
 		xml.StartElement{Name: xml.Name{Space: "jabber:x:oob", Local: "url"}, Attr: []xml.Attr{}},
 		xml.CharData("u"),
@@ -487,7 +487,7 @@ func TestContentTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	for _, s := range []string{`<body xmlns="jabber:client">hi</body>`, `<store xmlns="urn:xmpp:hints"></store>`, `<url xmlns="jabber:x:oob">u</url>`, `xml:lang="en"`} {
+	for _, s := range []string{`<body xmlns="jabber:client">hi</body>`, `<store xmlns="urn:example:h"></store>`, `<url xmlns="jabber:x:oob">u</url>`, `xml:lang="en"`} {
 		if !strings.Contains(out, s) {
 			t.Errorf("encoded stanza %s lacks %s", out, s)
 		}
@@ -516,6 +516,44 @@ func TestContentTokens(t *testing.T) {
 	}
 	if toks, err := readTokens(t, (&sce.Envelope{}).ContentTokens()); err != nil || len(toks) != 0 {
 		t.Errorf("empty content: %v, %v", toks, err)
+	}
+}
+
+// Server-processed elements inside <content> are dropped (XEP-0420,
+// Business Rules) wherever the sender placed them at the top level, with
+// their whole subtree; the same names deeper down, and origin-id, stay.
+func TestParseDropsServerProcessed(t *testing.T) {
+	e, err := sce.Parse([]byte(`<envelope xmlns='urn:xmpp:sce:1'><content>
+		<store xmlns='urn:xmpp:hints'/>
+		<body>hi</body>
+		<stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='romeo@montague.lit'/>
+		<origin-id xmlns='urn:xmpp:sid:0' id='o1'/>
+		<addresses xmlns='http://jabber.org/protocol/address'><address type='to' jid='x@y'/></addresses>
+		<encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:omemo:2'/>
+		<sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message><body>forged</body></message></forwarded></sent>
+		<result xmlns='urn:xmpp:mam:2' id='1'><body xmlns='jabber:client'>forged</body></result>
+		<x xmlns='urn:example:x'><no-store xmlns='urn:xmpp:hints'/></x>
+	</content><rpad>p</rpad></envelope>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `<body xmlns='jabber:client'>hi</body><origin-id xmlns='urn:xmpp:sid:0' id='o1'></origin-id>` +
+		`<x xmlns='urn:example:x'><no-store xmlns='urn:xmpp:hints'></no-store></x>`
+	if string(e.Content) != want {
+		t.Errorf("Content = %s\nwant      %s", e.Content, want)
+	}
+	var got []string
+	for _, n := range e.Dropped {
+		got = append(got, n.Space+" "+n.Local)
+	}
+	wantDropped := []string{"urn:xmpp:hints store", "urn:xmpp:sid:0 stanza-id", "http://jabber.org/protocol/address addresses",
+		"urn:xmpp:eme:0 encryption", "urn:xmpp:carbons:2 sent", "urn:xmpp:mam:2 result"}
+	if strings.Join(got, ",") != strings.Join(wantDropped, ",") {
+		t.Errorf("Dropped = %v, want %v", got, wantDropped)
+	}
+	toks, err := readTokens(t, e.ContentTokens())
+	if err != nil || len(toks) != 9 {
+		t.Errorf("content tokens: %d, %v; want 9", len(toks), err)
 	}
 }
 

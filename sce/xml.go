@@ -395,7 +395,9 @@ func (c *contentReader) Token() (xml.Token, error) {
 // preceded by an XML declaration, surrounded by whitespace and comments)
 // with exactly one <content> and at most one of each <rpad>, <time>, <to>
 // and <from>.
-// Other children of the envelope (unknown affixes) are ignored.
+// Other children of the envelope (unknown affixes) are ignored, and
+// server-processed elements among the children of <content> are dropped
+// (named in Dropped).
 // <time> needs a 'stamp' (RFC 3339 / XEP-0082 DateTime), <to> and <from>
 // a 'jid'; JIDs are kept as sent, Check compares their bare forms.
 // The time is returned in UTC. The rpad text is kept verbatim and may be
@@ -485,7 +487,7 @@ func parseEnvelope(r *reader) (*Envelope, error) {
 			seen[name] = true
 			switch name {
 			case "content":
-				e.Content, err = readContent(r)
+				e.Content, e.Dropped, err = readContent(r)
 			case "rpad":
 				e.RPad, err = readText(r)
 			case "time":
@@ -511,28 +513,60 @@ func parseEnvelope(r *reader) (*Envelope, error) {
 	}
 }
 
-func readContent(r *reader) ([]byte, error) {
+// readContent reads the children of <content> into canonical form,
+// dropping every top-level server-processed element (see ServerProcessed)
+// and returning the names of those it dropped.
+func readContent(r *reader) ([]byte, []xml.Name, error) {
 	var b bytes.Buffer
 	var n normalizer
 	w := canonWriter{b: &b}
+	var dropped []xml.Name
+	skipping := false
 	for {
 		tok, err := r.next()
 		if err == io.EOF {
-			return nil, malformed("unexpected end of input")
+			return nil, nil, malformed("unexpected end of input")
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out, ok, end, err := n.normalize(tok)
 		switch {
 		case err != nil:
-			return nil, err
+			return nil, nil, err
 		case end:
-			return bytes.Clone(b.Bytes()), nil
+			return bytes.Clone(b.Bytes()), dropped, nil
 		case ok:
-			w.write(out)
+			if se, isStart := out.(xml.StartElement); isStart && len(n.stack) == 1 && ServerProcessed(se.Name) {
+				skipping = true
+				dropped = append(dropped, se.Name)
+			}
+			if !skipping {
+				w.write(out)
+			}
+			if _, isEnd := out.(xml.EndElement); isEnd && len(n.stack) == 0 {
+				skipping = false
+			}
 		}
 	}
+}
+
+// ServerProcessed reports whether an element is one that XEP-0420 keeps
+// outside the envelope because servers process or filter it: message
+// processing hints (XEP-0334), stanza-id (XEP-0359), extended addressing
+// (XEP-0033) and EME (XEP-0380), and also the server-generated carbon
+// (XEP-0280) and archive (XEP-0313) wrappers. Found inside <content> they
+// could only be a sender's attempt to forge what the server says, so Parse
+// drops them.
+func ServerProcessed(name xml.Name) bool {
+	switch name.Space {
+	case "urn:xmpp:hints", "http://jabber.org/protocol/address", "urn:xmpp:eme:0",
+		"urn:xmpp:carbons:2", "urn:xmpp:mam:2", "urn:xmpp:mam:tmp":
+		return true
+	case "urn:xmpp:sid:0":
+		return name.Local == "stanza-id"
+	}
+	return false
 }
 
 func readText(r *reader) (string, error) {
