@@ -129,6 +129,8 @@ const (
 	condNotAcceptable = `<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
 	condBadRequest    = `<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
 	condForbidden     = `<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	// ejabberd 23.01's answer to pubsub#max_items in publish-options.
+	condResourceConstraint = `<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Unknown field 'pubsub#max_items' of type 'http://jabber.org/protocol/pubsub#publish-options'</text>`
 )
 
 func TestPublishRecovery(t *testing.T) {
@@ -167,17 +169,17 @@ func TestPublishRecovery(t *testing.T) {
 		// Every value rejected: the last error is returned.
 		2: {opts: pep.PublishOptions{MaxItems: pep.MaxItemsMax},
 			reply: func(op, max string) string { return condBadRequest },
-			want:  []string{"publish max", "publish 1000", "publish 100", "publish 10"},
+			want:  []string{"publish max", "publish 1000", "publish 100", "publish 10", "publish "},
 			err:   stanza.Error{Condition: stanza.BadRequest}},
 		// Forbidden is final.
 		3: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
 			reply: func(op, max string) string { return condForbidden },
 			want:  []string{"publish max"},
 			err:   pep.ErrForbidden},
-		// A number other than max has no fallback.
+		// A number other than max has no other value to try.
 		4: {opts: pep.PublishOptions{MaxItems: "5"},
 			reply: func(op, max string) string { return condNotAcceptable },
-			want:  []string{"publish 5"},
+			want:  []string{"publish 5", "publish "},
 			err:   stanza.Error{Condition: stanza.NotAcceptable}},
 		// Reconfiguring fails for a reason other than the value.
 		5: {opts: pep.PublishOptions{AccessModel: "open"},
@@ -188,6 +190,47 @@ func TestPublishRecovery(t *testing.T) {
 				return condForbidden
 			},
 			want: []string{"publish ", "configure "},
+			err:  pep.ErrForbidden},
+		// ejabberd 23.01: max_items is an unknown publish-option but a
+		// known configuration field.
+		6: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
+			reply: func(op, max string) string {
+				if op == "publish" && max != "" {
+					return condResourceConstraint
+				}
+				return ""
+			},
+			want: []string{"publish max", "publish 1000", "publish 100", "publish 10", "publish ", "configure max"}},
+		7: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: "1"},
+			reply: func(op, max string) string {
+				if op == "publish" && max != "" {
+					return condResourceConstraint
+				}
+				return ""
+			},
+			want: []string{"publish 1", "publish ", "configure 1"}},
+		// The configuration rejects "max" too: the fallback values.
+		8: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
+			reply: func(op, max string) string {
+				if (op == "publish" && max != "") || max == "max" {
+					return condResourceConstraint
+				}
+				return ""
+			},
+			want: []string{"publish max", "publish 1000", "publish 100", "publish 10", "publish ", "configure max", "configure 1000"}},
+		// Published, but max_items cannot be configured: an error, since
+		// the node may keep a single item.
+		9: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: "1"},
+			reply: func(op, max string) string {
+				switch {
+				case op == "publish" && max != "":
+					return condResourceConstraint
+				case op == "configure":
+					return condForbidden
+				}
+				return ""
+			},
+			want: []string{"publish 1", "publish ", "configure 1"},
 			err:  pep.ErrForbidden},
 	} {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {

@@ -87,6 +87,11 @@ func (o PublishOptions) fields(maxItems string) [][2]string {
 // When opts.MaxItems is MaxItemsMax and the service rejects it (bad-request,
 // not-acceptable, policy-violation, resource-constraint or a failed
 // precondition), 1000, 100 and 10 are tried in turn.
+// When every max_items value is rejected, the item is published without
+// pubsub#max_items and the node configured with it afterwards (services
+// such as ejabberd 23.01 accept it only in the node configuration); an
+// error then means the item is published but the node's max_items could
+// not be set.
 //
 // The payload is buffered before anything is sent, so it may be read from
 // any source; it must not call into s.
@@ -109,6 +114,37 @@ func Publish(ctx context.Context, s *xmpp.Session, node, itemID string, payload 
 	if opts.MaxItems == MaxItemsMax {
 		candidates = maxItemsFallback
 	}
+	err := publishWithValues(ctx, s, node, itemID, item, opts, candidates)
+	var pe *Error
+	if err == nil || opts.MaxItems == "" || !errors.As(err, &pe) || !rejectsValue(pe) {
+		return err
+	}
+	// Some services (ejabberd 23.01) know pubsub#max_items in the node
+	// configuration but not in publish-options: publish without it, then
+	// configure it. Their default for PEP nodes can be a single item, which
+	// would let the bundles of one account's devices evict each other.
+	rest := opts
+	rest.MaxItems = ""
+	if perr := publishWithValues(ctx, s, node, itemID, item, rest, []string{""}); perr != nil {
+		return err
+	}
+	var cerr error
+	for _, maxItems := range candidates {
+		cerr = configure(ctx, s, node, opts.fields(maxItems))
+		var ce *Error
+		if cerr == nil || !errors.As(cerr, &ce) || !rejectsValue(ce) {
+			break
+		}
+	}
+	if cerr != nil {
+		return fmt.Errorf("pep: published without pubsub#max_items (%w), but configuring it failed: %w", err, cerr)
+	}
+	return nil
+}
+
+// publishWithValues publishes with each max_items value in turn until one
+// is accepted, reconfiguring the node when a precondition fails.
+func publishWithValues(ctx context.Context, s *xmpp.Session, node, itemID string, item []xml.Token, opts PublishOptions, candidates []string) error {
 	var err error
 	for i, maxItems := range candidates {
 		last := i == len(candidates)-1
