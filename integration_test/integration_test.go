@@ -180,14 +180,32 @@ func namespaces(rs []session.Recipient) map[string][]string {
 	return out
 }
 
+// exchangeUsers are the accounts of the exchange scenario.
+var exchangeUsers = []prosodytest.User{
+	{Name: "alice", Contacts: []string{"bob", "carol", "erin"}},
+	{Name: "bob", Contacts: []string{"erin"}},
+	{Name: "carol"},
+	{Name: "erin"},
+}
+
 func TestIntegrationExchange(t *testing.T) {
 	began := time.Now()
-	srv := prosodytest.Start(t,
-		prosodytest.User{Name: "alice", Contacts: []string{"bob", "carol", "erin"}},
-		prosodytest.User{Name: "bob", Contacts: []string{"erin"}},
-		prosodytest.User{Name: "carol"},
-		prosodytest.User{Name: "erin"},
-	)
+	runExchange(t, prosodytest.Start(t, exchangeUsers...), began)
+}
+
+// TestIntegrationExchangeEjabberd runs the same scenario against Debian's
+// ejabberd (23.01 on Debian 12), whose PEP differs from Prosody's: it
+// rejects pubsub#max_items in publish-options and keeps one item per node
+// unless configured, which would let the OMEMO 2 bundles of alice's two
+// devices evict each other.
+func TestIntegrationExchangeEjabberd(t *testing.T) {
+	began := time.Now()
+	runExchange(t, prosodytest.StartEjabberd(t, exchangeUsers...), began)
+}
+
+// runExchange: two devices of alice (carbons), bob, legacy-only carol,
+// manual-trust erin (fail closed) and bob catching up from the archive.
+func runExchange(t *testing.T, srv *prosodytest.Server, began time.Time) {
 	aliceJID, bobJID, carolJID := srv.JID("alice"), srv.JID("bob"), srv.JID("carol")
 	both := omemo.Config{SendPresence: true}
 	legacyOnly := omemo.Config{SendPresence: true, Backends: []backends.Factory{oldmemo.Factory}}

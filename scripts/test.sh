@@ -16,7 +16,7 @@ FUZZTIME="${FUZZTIME:-8s}"
 
 debs=(python3-omemo python3-twomemo python3-oldmemo python3-x3dh
       python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp
-      protobuf-compiler prosody)
+      protobuf-compiler prosody ejabberd)
 missing=()
 for p in "${debs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,6 +26,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# The package may start a system-wide ejabberd on every interface; the
+	# tests start their own on 127.0.0.1 and need no other.
+	if [[ " ${missing[*]} " == *" ejabberd "* ]]; then
+		$SUDO systemctl stop ejabberd >/dev/null 2>&1 || $SUDO ejabberdctl stop >/dev/null 2>&1 || true
+	fi
 fi
 
 echo "== go mod download" >&2

@@ -1,5 +1,6 @@
 // Package prosodytest starts a throw-away Prosody server for integration
-// tests.
+// tests (and, with StartEjabberd, an ejabberd one behind the same Server
+// type).
 //
 // Start writes a generated configuration, a self-signed certificate and the
 // test accounts into a fresh temporary directory, launches Debian's
