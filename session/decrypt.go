@@ -33,7 +33,14 @@ type Decrypted struct {
 // identity key known for the device (ErrPublicDataInconsistency).
 //
 // State changes are committed only if the message decrypts completely; a
-// message that fails leaves every session and key as it was. After a key
+// message that fails leaves every session and key as it was.
+//
+// A session that a new key exchange (the peer's, or ReplaceSession's)
+// replaced is kept as the device's previous session: a message that the
+// current session cannot decrypt is tried with it, and if it decrypts, the
+// two swap. Messages the peer sent before it learnt of the new session,
+// and both sides starting a session at the same time, therefore lose
+// nothing (python-omemo drops the old session and with it those messages). After a key
 // exchange the used pre key is deleted (hidden in history synchronisation
 // mode), pre keys are refilled and the bundle republished, and an empty
 // message completes the session; a heartbeat is sent when the receiving
@@ -88,6 +95,11 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 
 		var s backends.Session
 		var km []byte
+		// replaced is the session s takes the place of, kept as the
+		// previous one; promoted reports that the previous session
+		// decrypted the message and becomes the current one again.
+		var replaced backends.Session
+		promoted := false
 		if key.KeyExchange {
 			kex, inner, err := be.ParseKeyExchange(key.Data, sender.IdentityKey[31]&0x80 != 0)
 			if err != nil {
@@ -96,13 +108,27 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 			if kex.IdentityKey != sender.IdentityKey {
 				return ErrPublicDataInconsistency
 			}
-			if existing != nil && existing.Initiation() == backends.Passive && existing.KeyExchange().BuildsSameSession(kex) {
+			sameAs := func(x backends.Session) bool {
+				return x != nil && x.Initiation() == backends.Passive && x.KeyExchange().BuildsSameSession(kex)
+			}
+			switch {
+			case sameAs(existing):
 				s = existing
 				km, err = be.DecryptKeyMaterial(s, inner)
-			} else {
+			default:
+				prev, perr := m.loadPreviousSession(tx, be, ns, from, msg.SID)
+				if perr != nil {
+					return perr
+				}
+				if sameAs(prev) {
+					s, replaced, promoted = prev, existing, true
+					km, err = be.DecryptKeyMaterial(s, inner)
+					break
+				}
 				// A new key exchange replaces the session.
 				s, km, err = be.BuildSessionPassive(from, msg.SID, kex, inner)
 				usedPreKey = err == nil
+				replaced = existing
 			}
 			if err != nil {
 				return err
@@ -113,8 +139,37 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 			}
 			s = existing
 			if km, err = be.DecryptKeyMaterial(s, key.Data); err != nil {
+				if errors.Is(err, backends.ErrDuplicateMessage) {
+					return err
+				}
+				// The peer may still be writing on the session a key
+				// exchange replaced (both sides started one at once, or
+				// ours has not reached it yet).
+				prev, perr := m.loadPreviousSession(tx, be, ns, from, msg.SID)
+				if perr != nil || prev == nil {
+					return err
+				}
+				pkm, perr := be.DecryptKeyMaterial(prev, key.Data)
+				if errors.Is(perr, backends.ErrDuplicateMessage) {
+					return perr // decrypted before, through the previous session
+				}
+				if perr != nil {
+					return err
+				}
+				s, km, replaced, promoted = prev, pkm, existing, true
+			}
+		}
+		if replaced != nil {
+			raw, err := replaced.MarshalBinary()
+			if err != nil {
 				return err
 			}
+			if err := tx.Put(keyPreviousSession(ns, from, msg.SID), raw); err != nil {
+				return err
+			}
+		}
+		if promoted {
+			m.cfg.Logger.Debug("omemo: the previous session decrypted the message and is current again", "jid", from, "device", msg.SID)
 		}
 		if !out.Empty {
 			pt, err := be.DecryptPlaintext(backends.Content{Ciphertext: msg.Payload, IV: msg.IV}, km)
@@ -168,6 +223,24 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		})
 	}
 	return out, nil
+}
+
+// loadPreviousSession returns the session a key exchange replaced, nil if
+// there is none or it is unreadable (it only serves late messages).
+func (m *Manager) loadPreviousSession(tx store.Tx, be backends.Backend, ns, jid string, dev uint32) (backends.Session, error) {
+	raw, err := tx.Get(keyPreviousSession(ns, jid, dev))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := be.UnmarshalSession(raw)
+	if err != nil {
+		m.cfg.Logger.Warn("omemo: ignoring an unreadable previous session", "jid", jid, "device", dev, "err", err)
+		return nil, nil
+	}
+	return s, nil
 }
 
 // isMessageError tells errors caused by the message (it is malformed, does

@@ -30,6 +30,12 @@ func keySession(ns, jid string, dev uint32) string {
 	return "omemo/ns/" + esc(ns) + "/sessions/" + esc(jid) + "/" + strconv.FormatUint(uint64(dev), 10)
 }
 
+// keyPreviousSession holds the session a new key exchange replaced, kept
+// for the peer's messages that were already under way (see Decrypt).
+func keyPreviousSession(ns, jid string, dev uint32) string {
+	return keySession(ns, jid, dev) + "/previous"
+}
+
 func prefixDevicesOf(jid string) string { return "omemo/devices/" + esc(jid) + "/" }
 
 func keyDevice(jid string, dev uint32) string {

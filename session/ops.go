@@ -188,6 +188,17 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 			if err != nil {
 				return err
 			}
+			// The old session stays for the messages the device sends
+			// before our key exchange reaches it.
+			old, err := tx.Get(keySession(ns, jid, dev))
+			switch {
+			case err == nil:
+				if err := tx.Put(keyPreviousSession(ns, jid, dev), old); err != nil {
+					return err
+				}
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
 			raw, err := s.MarshalBinary()
 			if err != nil {
 				return err
