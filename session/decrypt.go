@@ -228,19 +228,12 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 // loadPreviousSession returns the session a key exchange replaced, nil if
 // there is none or it is unreadable (it only serves late messages).
 func (m *Manager) loadPreviousSession(tx store.Tx, be backends.Backend, ns, jid string, dev uint32) (backends.Session, error) {
-	raw, err := tx.Get(keyPreviousSession(ns, jid, dev))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	s, err := be.UnmarshalSession(raw)
-	if err != nil {
+	s, err := readSession(tx, be, keyPreviousSession(ns, jid, dev))
+	if errors.Is(err, errUnreadableSession) {
 		m.cfg.Logger.Warn("omemo: ignoring an unreadable previous session", "jid", jid, "device", dev, "err", err)
 		return nil, nil
 	}
-	return s, nil
+	return s, err
 }
 
 // isMessageError tells errors caused by the message (it is malformed, does

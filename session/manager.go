@@ -288,6 +288,12 @@ func (m *Manager) loadSession(tx store.Tx, be backends.Backend, key string) (bac
 		delete(m.loaded, key)
 		return s, nil
 	}
+	return readSession(tx, be, key)
+}
+
+// readSession decodes the session stored under key: nil if there is none,
+// an error wrapping errUnreadableSession if its bytes do not decode.
+func readSession(tx store.Tx, be backends.Backend, key string) (backends.Session, error) {
 	raw, err := tx.Get(key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil

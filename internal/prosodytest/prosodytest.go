@@ -33,6 +33,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -97,12 +98,19 @@ func Require(tb testing.TB) {
 	tb.Helper()
 	for _, p := range []string{Prosody, Prosodyctl} {
 		if _, err := os.Stat(p); err != nil {
-			if os.Getenv("CI") == "true" {
-				tb.Fatalf("prosody unavailable in CI: %s not found (apt-get install -y prosody)", p)
-			}
-			tb.Skipf("prosody unavailable: %s not found (CI=true turns this into a failure)", p)
+			unavailable(tb, "prosody", p+" not found (apt-get install -y prosody)")
 		}
 	}
+}
+
+// unavailable skips the test because server cannot run, or fails it when
+// CI is "true", so that a green CI run never hides a missing dependency.
+func unavailable(tb testing.TB, server, why string) {
+	tb.Helper()
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("%s unavailable in CI: %s", server, why)
+	}
+	tb.Skipf("%s unavailable: %s (CI=true turns this into a failure)", server, why)
 }
 
 // Start creates the users, starts Prosody and returns once its c2s port
@@ -115,33 +123,8 @@ func Start(t testing.TB, users ...User) *Server {
 	Require(t)
 
 	dir := t.TempDir()
-	srv := &Server{
-		Domain: Domain,
-		Dir:    dir,
-		users:  make(map[string]User),
-		cfg:    filepath.Join(dir, "prosody.cfg.lua"),
-	}
-	for _, u := range users {
-		if !validName.MatchString(u.Name) {
-			t.Fatalf("prosodytest: invalid user name %q", u.Name)
-		}
-		if u.Password == "" {
-			u.Password = "password"
-		}
-		if _, dup := srv.users[u.Name]; dup {
-			t.Fatalf("prosodytest: duplicate user %q", u.Name)
-		}
-		srv.users[u.Name] = u
-	}
-
-	if err := writeCert(dir, Domain); err != nil {
-		t.Fatalf("prosodytest: certificate: %v", err)
-	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatalf("prosodytest: %v", err)
-	}
-	srv.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	srv, port := newServer(t, dir, users)
+	srv.cfg = filepath.Join(dir, "prosody.cfg.lua")
 	if err := os.WriteFile(srv.cfg, []byte(config(dir, port)), 0o600); err != nil {
 		t.Fatalf("prosodytest: %v", err)
 	}
@@ -187,24 +170,59 @@ func Start(t testing.TB, users ...User) *Server {
 		}
 	})
 
-	deadline := time.Now().Add(10 * time.Second)
+	if err := waitListening(srv.Addr, 10*time.Second, exited); err != nil {
+		t.Fatalf("prosodytest: prosody: %v\n%s", err, console.String())
+	}
+	return srv
+}
+
+// newServer validates the users, writes the certificate into dir and picks
+// the c2s port.
+func newServer(t testing.TB, dir string, users []User) (*Server, int) {
+	t.Helper()
+	srv := &Server{Domain: Domain, Dir: dir, users: make(map[string]User)}
+	for _, u := range users {
+		if !validName.MatchString(u.Name) {
+			t.Fatalf("prosodytest: invalid user name %q", u.Name)
+		}
+		if u.Password == "" {
+			u.Password = "password"
+		}
+		if _, dup := srv.users[u.Name]; dup {
+			t.Fatalf("prosodytest: duplicate user %q", u.Name)
+		}
+		srv.users[u.Name] = u
+	}
+	if err := writeCert(dir, Domain); err != nil {
+		t.Fatalf("prosodytest: certificate: %v", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatalf("prosodytest: %v", err)
+	}
+	srv.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return srv, port
+}
+
+// waitListening waits until addr accepts connections, for at most d or
+// until exited (which may be nil) is closed.
+func waitListening(addr string, d time.Duration, exited <-chan struct{}) error {
+	deadline := time.Now().Add(d)
 	for {
-		c, err := net.DialTimeout("tcp4", srv.Addr, 200*time.Millisecond)
+		c, err := net.DialTimeout("tcp4", addr, 200*time.Millisecond)
 		if err == nil {
-			_ = c.Close()
-			break
+			return c.Close()
 		}
 		select {
 		case <-exited:
-			t.Fatalf("prosodytest: prosody exited during start-up:\n%s", console.String())
+			return errors.New("exited during start-up")
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("prosodytest: prosody did not listen on %s within 10s: %v", srv.Addr, err)
+			return fmt.Errorf("not listening on %s after %v: %w", addr, d, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return srv
 }
 
 // JID returns the bare JID of the named user.
