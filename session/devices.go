@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/bundle"
@@ -122,7 +123,9 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 	if _, err := m.backend(ns); err != nil {
 		return false, err
 	}
+	listChanged := false
 	err = m.updateLocked(ctx, func(tx store.Tx) error {
+		listChanged = false
 		known, err := devicesOf(tx, jid)
 		if err != nil {
 			return err
@@ -149,6 +152,7 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 				changed = true
 			}
 			if changed {
+				listChanged = true
 				if err := putDevice(tx, jid, id, rec); err != nil {
 					return err
 				}
@@ -160,6 +164,7 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 			}
 			if rec.Active[ns] {
 				rec.Active[ns] = false
+				listChanged = true
 				if err := putDevice(tx, jid, id, rec); err != nil {
 					return err
 				}
@@ -167,6 +172,11 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 		}
 		return nil
 	})
+	if err == nil && listChanged {
+		// A device that appeared or came back may have published a
+		// bundle since it was last missed.
+		m.misses.forgetJID(jid)
+	}
 	return ownMissing, storageErr(err)
 }
 
@@ -364,7 +374,7 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 		}
 	}
 	if cache == nil {
-		cache = newBundleCache()
+		cache = m.newBundleCache()
 	}
 
 	// Discover missing identity keys.
@@ -539,6 +549,9 @@ type bundleCache struct {
 	mu  sync.Mutex
 	m   map[bundleRef]*bundleEntry
 	sem chan struct{} // bounds the downloads in flight
+
+	misses *bundleMisses // nil: none remembered
+	now    func() time.Time
 }
 
 // maxParallelDownloads bounds the bundle downloads one operation runs at
@@ -557,8 +570,11 @@ type bundleEntry struct {
 	err  error
 }
 
-func newBundleCache() *bundleCache {
-	return &bundleCache{m: map[bundleRef]*bundleEntry{}, sem: make(chan struct{}, maxParallelDownloads)}
+// newBundleCache returns the bundle cache of one operation, which defers
+// the downloads of recent misses.
+func (m *Manager) newBundleCache() *bundleCache {
+	return &bundleCache{m: map[bundleRef]*bundleEntry{}, sem: make(chan struct{}, maxParallelDownloads),
+		misses: m.misses, now: m.cfg.Now}
 }
 
 func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id uint32) (bundle.Bundle, error) {
@@ -571,6 +587,13 @@ func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id u
 	}
 	c.mu.Unlock()
 	e.once.Do(func() {
+		if c.misses != nil {
+			if retry, ok := c.misses.deferred(ref, c.now()); ok {
+				e.err = fmt.Errorf("%w: device %d of %s had none at the last attempt; next attempt after %s",
+					ErrBundleNotFound, id, jid, retry.UTC().Format(time.RFC3339))
+				return
+			}
+		}
 		select {
 		case c.sem <- struct{}{}:
 			defer func() { <-c.sem }()
@@ -579,6 +602,14 @@ func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id u
 			return
 		}
 		e.b, e.err = net.DownloadBundle(ctx, ns, jid, id)
+		if c.misses != nil {
+			switch {
+			case e.err == nil:
+				c.misses.found(ref)
+			case errors.Is(e.err, ErrBundleNotFound):
+				c.misses.missed(ref, c.now())
+			}
+		}
 		if e.err != nil {
 			e.err = netErr(fmt.Sprintf("downloading bundle of device %d of %s", id, jid), e.err)
 		} else if e.b.Namespace != ns {

@@ -59,7 +59,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	}
 	all := append(slices.Clone(recipients), m.cfg.JID)
 
-	cache := newBundleCache()
+	cache := m.newBundleCache()
 	type target struct {
 		info DeviceInfo
 		ns   string

@@ -31,6 +31,8 @@ type Manager struct {
 	mu       sync.Mutex
 	backends map[string]backends.Backend // guarded by mu
 	cache    *readCache
+	// misses defers bundle downloads of devices that had none (misses.go).
+	misses *bundleMisses
 	// loaded holds deserialised sessions by storage key, each exactly what
 	// the store holds (guarded by mu); saved collects the sessions a
 	// running transaction stores, to be kept once it commits.
@@ -61,7 +63,7 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if st == nil || net == nil {
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache(),
+	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
 		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}}
 	for _, f := range c.Backends {
 		m.order = append(m.order, f.Namespace)
