@@ -125,10 +125,11 @@ func fakeServer(t *testing.T, reply func(op, max string) string) (*xmpp.Session,
 }
 
 const (
-	condPrecondition  = `<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/>`
-	condNotAcceptable = `<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
-	condBadRequest    = `<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
-	condForbidden     = `<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condPrecondition       = `<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/>`
+	condNotAcceptable      = `<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condBadRequest         = `<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condForbidden          = `<forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`
+	condUnsupportedOptions = `<feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><unsupported xmlns='http://jabber.org/protocol/pubsub#errors' feature='publish-options'/>`
 	// ejabberd 23.01's answer to pubsub#max_items in publish-options.
 	condResourceConstraint = `<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Unknown field 'pubsub#max_items' of type 'http://jabber.org/protocol/pubsub#publish-options'</text>`
 )
@@ -232,6 +233,20 @@ func TestPublishRecovery(t *testing.T) {
 			},
 			want: []string{"publish 1", "publish ", "configure 1"},
 			err:  pep.ErrForbidden},
+		// No publish-options support at all: plain publish, then the
+		// whole configuration.
+		10: {opts: pep.PublishOptions{AccessModel: "open", MaxItems: pep.MaxItemsMax},
+			reply: func() func(op, max string) string {
+				n := 0
+				return func(op, max string) string {
+					n++
+					if n == 1 {
+						return condUnsupportedOptions
+					}
+					return ""
+				}
+			}(),
+			want: []string{"publish max", "publish ", "configure max"}},
 	} {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			s, log := fakeServer(t, tc.reply)

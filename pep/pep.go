@@ -89,9 +89,10 @@ func (o PublishOptions) fields(maxItems string) [][2]string {
 // precondition), 1000, 100 and 10 are tried in turn.
 // When every max_items value is rejected, the item is published without
 // pubsub#max_items and the node configured with it afterwards (services
-// such as ejabberd 23.01 accept it only in the node configuration); an
-// error then means the item is published but the node's max_items could
-// not be set.
+// such as ejabberd 23.01 accept it only in the node configuration); a
+// service without publish-options support gets the item without options
+// and the node configured the same way. An error then means the item is
+// published but the node's configuration could not be set.
 //
 // The payload is buffered before anything is sent, so it may be read from
 // any source; it must not call into s.
@@ -116,15 +117,25 @@ func Publish(ctx context.Context, s *xmpp.Session, node, itemID string, payload 
 	}
 	err := publishWithValues(ctx, s, node, itemID, item, opts, candidates)
 	var pe *Error
-	if err == nil || opts.MaxItems == "" || !errors.As(err, &pe) || !rejectsValue(pe) {
+	if err == nil || !errors.As(err, &pe) {
 		return err
 	}
-	// Some services (ejabberd 23.01) know pubsub#max_items in the node
-	// configuration but not in publish-options: publish without it, then
-	// configure it. Their default for PEP nodes can be a single item, which
-	// would let the bundles of one account's devices evict each other.
-	rest := opts
-	rest.MaxItems = ""
+	var rest PublishOptions
+	switch {
+	case unsupportedOptions(pe) && !opts.empty():
+		// No publish-options at all: publish plainly, then configure the
+		// node (the strategy of QXmpp and slixmpp-omemo).
+	case opts.MaxItems != "" && rejectsValue(pe):
+		// Some services (ejabberd 23.01) know pubsub#max_items in the node
+		// configuration but not in publish-options: publish without it,
+		// then configure it. Their default for PEP nodes can be a single
+		// item, which would let the bundles of one account's devices evict
+		// each other.
+		rest = opts
+		rest.MaxItems = ""
+	default:
+		return err
+	}
 	if perr := publishWithValues(ctx, s, node, itemID, item, rest, []string{""}); perr != nil {
 		return err
 	}
@@ -137,7 +148,7 @@ func Publish(ctx context.Context, s *xmpp.Session, node, itemID string, payload 
 		}
 	}
 	if cerr != nil {
-		return fmt.Errorf("pep: published without pubsub#max_items (%w), but configuring it failed: %w", err, cerr)
+		return fmt.Errorf("pep: published without some publish-options (%w), but configuring the node failed: %w", err, cerr)
 	}
 	return nil
 }
@@ -178,6 +189,14 @@ func publishWithValues(ctx context.Context, s *xmpp.Session, node, itemID string
 		}
 	}
 	return err
+}
+
+// unsupportedOptions reports a service without publish-options support
+// (XEP-0060 §7.1.5: feature-not-implemented with <unsupported
+// feature='publish-options'/>).
+func unsupportedOptions(e *Error) bool {
+	return e.PubSubCondition == CondUnsupported && (e.Feature == "publish-options" || e.Feature == "") ||
+		e.Condition == stanza.FeatureNotImplemented && e.PubSubCondition == ""
 }
 
 // isPrecondition reports a failed publish-options precondition.
