@@ -264,7 +264,7 @@ func firstMessage(o options) (time.Duration, error) {
 		cancel()
 		if err != nil {
 			sender.close()
-			return 0, fmt.Errorf("Send: %w", err)
+			return 0, fmt.Errorf("sending: %w", err)
 		}
 		var last time.Time
 		for _, d := range devs {
@@ -296,7 +296,7 @@ func firstMessage(o options) (time.Duration, error) {
 		fmt.Printf("go_run_pep_iqs %d\n", len(iqs))
 		fmt.Printf("go_run_pep_rounds %d\n", depth)
 		if len(res.Recipients) != o.devices {
-			return 0, fmt.Errorf("Send reached %d devices, want %d (%v)", len(res.Recipients), o.devices, res.Failures)
+			return 0, fmt.Errorf("the send reached %d devices, want %d (%v)", len(res.Recipients), o.devices, res.Failures)
 		}
 	}
 	if err := probeBundles(o, devs); err != nil {

@@ -180,7 +180,8 @@ func TestSignDeterministicInNonce(t *testing.T) {
 	msg := []byte("m")
 	var n1, n2 [64]byte
 	n2[0] = 1
-	if Sign(priv, msg, n1) != Sign(priv, msg, n1) {
+	first, again := Sign(priv, msg, n1), Sign(priv, msg, n1)
+	if first != again {
 		t.Error("Sign not deterministic for a fixed nonce")
 	}
 	if Sign(priv, msg, n1) == Sign(priv, msg, n2) {
