@@ -92,6 +92,29 @@ func TestReplaceSessionKeepsInFlightMessages(t *testing.T) {
 	if _, err := alice.m.Decrypt(ctx, in[0].From, in[0].Message); !errors.Is(err, backends.ErrDuplicateMessage) {
 		t.Fatalf("replay through the previous session: %v", err)
 	}
+	// A forged message (one bit of the key element flipped) fails with a
+	// typed error through both sessions and changes neither: the genuine
+	// one still decrypts.
+	send(t, srv, bob, "also in flight", alice.jid)
+	in = srv.Inbox(alice.jid)
+	if len(in) != 1 {
+		t.Fatalf("alice's inbox: %d messages", len(in))
+	}
+	forged := *in[0].Message
+	forged.Keys = slices.Clone(forged.Keys)
+	for i, k := range forged.Keys {
+		if k.RID == alice.m.DeviceID() {
+			forged.Keys[i].Data = slices.Clone(k.Data)
+			forged.Keys[i].Data[len(k.Data)-1] ^= 1
+		}
+	}
+	if _, err := alice.m.Decrypt(ctx, in[0].From, &forged); !errors.Is(err, backends.ErrAuthentication) {
+		t.Fatalf("forged message: %v, want ErrAuthentication", err)
+	}
+	if dec, err := alice.m.Decrypt(ctx, in[0].From, in[0].Message); err != nil || string(dec.Plaintext) != "also in flight" {
+		t.Fatalf("the genuine message after the forged one: %v, %v", dec, err)
+	}
+
 	deliverAll(t, srv, bob) // the replacement's key exchange
 	send(t, srv, bob, "on the new session", alice.jid)
 	send(t, srv, alice, "answer", bob.jid)
