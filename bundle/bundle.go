@@ -383,15 +383,7 @@ func readBase64(s *xmlutil.TokenStream) (raw []byte, bad, err error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*Bundle, error) {
-	s := xmlutil.NewTokenStream(r)
-	start, err := s.FirstStart()
-	switch {
-	case errors.Is(err, xmlutil.ErrEndElement):
-		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-	case err != nil:
-		return nil, fmt.Errorf("bundle: %w", err)
-	}
-	return parse(s, start)
+	return xmlutil.DecodeFirst(r, "bundle", ErrWrongElement, parse)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.

@@ -100,7 +100,7 @@ func Fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, namespace string
 	if namespace == ns.OMEMO2 {
 		it, err = pep.FetchItem(ctx, s, owner, node, item)
 	} else {
-		it, err = fetchLegacy(ctx, s, owner, node)
+		it, err = pep.FetchItemOrLatest(ctx, s, owner, node, legacyItemID)
 	}
 	if err != nil {
 		return Bundle{}, fmt.Errorf("bundle: fetching %s bundle of device %d: %w", namespace, deviceID, err)
@@ -116,25 +116,6 @@ func Fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, namespace string
 		return Bundle{}, fmt.Errorf("%w: %w: %s bundle in a %s node", ErrInvalidItem, ErrWrongElement, b.Namespace, namespace)
 	}
 	return *b, nil
-}
-
-// fetchLegacy returns item "current" of node, or the newest item if there is
-// none with that id.
-// The newest item is requested with max_items=1 first, which is "current"
-// for every well-behaved publisher, so that takes one round trip.
-func fetchLegacy(ctx context.Context, s *xmpp.Session, owner jid.JID, node string) (pep.Item, error) {
-	latest, err := pep.FetchLatest(ctx, s, owner, node)
-	if err != nil || latest.ID == legacyItemID {
-		return latest, err
-	}
-	cur, err := pep.FetchItem(ctx, s, owner, node, legacyItemID)
-	switch {
-	case err == nil:
-		return cur, nil
-	case errors.Is(err, pep.ErrNotFound):
-		return latest, nil
-	}
-	return pep.Item{}, err
 }
 
 // Delete removes the own bundle of device deviceID in namespace: for

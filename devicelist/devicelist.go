@@ -200,15 +200,7 @@ func parseDevice(start xml.StartElement, namespace string) (Device, error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*List, error) {
-	s := xmlutil.NewTokenStream(r)
-	start, err := s.FirstStart()
-	switch {
-	case errors.Is(err, xmlutil.ErrEndElement):
-		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-	case err != nil:
-		return nil, fmt.Errorf("devicelist: %w", err)
-	}
-	return parse(s, start)
+	return xmlutil.DecodeFirst(r, "devicelist", ErrWrongElement, parse)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.

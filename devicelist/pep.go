@@ -72,7 +72,7 @@ func Fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, namespace string
 	if node == "" {
 		return List{}, fmt.Errorf("%w: %.64q", ErrUnknownNamespace, namespace)
 	}
-	it, err := fetchCurrent(ctx, s, owner.Bare(), node)
+	it, err := pep.FetchItemOrLatest(ctx, s, owner.Bare(), node, ItemID)
 	switch {
 	case errors.Is(err, pep.ErrNotFound):
 		return List{Namespace: namespace}, nil
@@ -80,23 +80,6 @@ func Fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, namespace string
 		return List{}, fmt.Errorf("devicelist: fetching %s: %w", namespace, err)
 	}
 	return decodeItem(it, namespace)
-}
-
-// fetchCurrent returns item ItemID of node, or the newest item if there is
-// no item ItemID.
-func fetchCurrent(ctx context.Context, s *xmpp.Session, owner jid.JID, node string) (pep.Item, error) {
-	latest, err := pep.FetchLatest(ctx, s, owner, node)
-	if err != nil || latest.ID == ItemID {
-		return latest, err
-	}
-	cur, err := pep.FetchItem(ctx, s, owner, node, ItemID)
-	switch {
-	case err == nil:
-		return cur, nil
-	case errors.Is(err, pep.ErrNotFound):
-		return latest, nil
-	}
-	return pep.Item{}, err
 }
 
 // decodeItem decodes the payload of a device list item of namespace.

@@ -394,15 +394,7 @@ func parseBool(s string) (bool, error) {
 // Tokens before the first start element (such as a procinst, comments or
 // whitespace) are skipped.
 func Decode(r xml.TokenReader) (*Encrypted, error) {
-	s := xmlutil.NewTokenStream(r)
-	start, err := s.FirstStart()
-	switch {
-	case errors.Is(err, xmlutil.ErrEndElement):
-		return nil, fmt.Errorf("%w: found an end element", ErrWrongElement)
-	case err != nil:
-		return nil, fmt.Errorf("encrypted: %w", err)
-	}
-	return parse(s, start)
+	return xmlutil.DecodeFirst(r, "encrypted", ErrWrongElement, parse)
 }
 
 // UnmarshalXML implements xml.Unmarshaler.

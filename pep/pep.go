@@ -357,6 +357,26 @@ func FetchLatest(ctx context.Context, s *xmpp.Session, owner jid.JID, node strin
 	return items[len(items)-1], nil
 }
 
+// FetchItemOrLatest returns item itemID of node of owner, or the newest
+// item if there is none with that id (some clients publish under other
+// ids, profanity-im/profanity#1385). The newest item is asked for first
+// with max_items=1; for a well-behaved publisher it is itemID, so that
+// takes one round trip. An empty node yields ErrNotFound.
+func FetchItemOrLatest(ctx context.Context, s *xmpp.Session, owner jid.JID, node, itemID string) (Item, error) {
+	latest, err := FetchLatest(ctx, s, owner, node)
+	if err != nil || latest.ID == itemID {
+		return latest, err
+	}
+	cur, err := FetchItem(ctx, s, owner, node, itemID)
+	switch {
+	case err == nil:
+		return cur, nil
+	case errors.Is(err, ErrNotFound):
+		return latest, nil
+	}
+	return Item{}, err
+}
+
 func fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, node, itemID string, max int) ([]Item, error) {
 	if node == "" {
 		return nil, errors.New("pep: empty node")

@@ -627,11 +627,23 @@ func parseJIDAttr(t xml.StartElement) (jid.JID, error) {
 	return j, nil
 }
 
-func escapeText(b *bytes.Buffer, s string) {
+func escapeText(b *bytes.Buffer, s string) { escape(b, s, false) }
+
+func escapeAttr(b *bytes.Buffer, s string) { escape(b, s, true) }
+
+// escape writes s with the characters escaped that the canonical form
+// escapes: &, <, > and CR everywhere, and in attribute values (single
+// quoted) also both quotes, tab and LF, so that they survive attribute
+// value normalisation.
+func escape(b *bytes.Buffer, s string, attr bool) {
 	last := 0
 	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !attr && (c == '\'' || c == '"' || c == '\t' || c == '\n') {
+			continue
+		}
 		var esc string
-		switch s[i] {
+		switch c {
 		case '&':
 			esc = "&amp;"
 		case '<':
@@ -640,27 +652,6 @@ func escapeText(b *bytes.Buffer, s string) {
 			esc = "&gt;"
 		case '\r':
 			esc = "&#xD;"
-		default:
-			continue
-		}
-		b.WriteString(s[last:i])
-		b.WriteString(esc)
-		last = i + 1
-	}
-	b.WriteString(s[last:])
-}
-
-func escapeAttr(b *bytes.Buffer, s string) {
-	last := 0
-	for i := 0; i < len(s); i++ {
-		var esc string
-		switch s[i] {
-		case '&':
-			esc = "&amp;"
-		case '<':
-			esc = "&lt;"
-		case '>':
-			esc = "&gt;"
 		case '\'':
 			esc = "&apos;"
 		case '"':
@@ -669,8 +660,6 @@ func escapeAttr(b *bytes.Buffer, s string) {
 			esc = "&#x9;"
 		case '\n':
 			esc = "&#xA;"
-		case '\r':
-			esc = "&#xD;"
 		default:
 			continue
 		}

@@ -550,7 +550,7 @@ type bundleCache struct {
 	m   map[bundleRef]*bundleEntry
 	sem chan struct{} // bounds the downloads in flight
 
-	misses *bundleMisses // nil: none remembered
+	misses *bundleMisses // the Manager's, shared by every operation
 	now    func() time.Time
 }
 
@@ -587,12 +587,10 @@ func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id u
 	}
 	c.mu.Unlock()
 	e.once.Do(func() {
-		if c.misses != nil {
-			if retry, ok := c.misses.deferred(ref, c.now()); ok {
-				e.err = fmt.Errorf("%w: device %d of %s had none at the last attempt; next attempt after %s",
-					ErrBundleNotFound, id, jid, retry.UTC().Format(time.RFC3339))
-				return
-			}
+		if retry, ok := c.misses.deferred(ref, c.now()); ok {
+			e.err = fmt.Errorf("%w: device %d of %s had none at the last attempt; next attempt after %s",
+				ErrBundleNotFound, id, jid, retry.UTC().Format(time.RFC3339))
+			return
 		}
 		select {
 		case c.sem <- struct{}{}:
@@ -602,13 +600,11 @@ func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id u
 			return
 		}
 		e.b, e.err = net.DownloadBundle(ctx, ns, jid, id)
-		if c.misses != nil {
-			switch {
-			case e.err == nil:
-				c.misses.found(ref)
-			case errors.Is(e.err, ErrBundleNotFound):
-				c.misses.missed(ref, c.now())
-			}
+		switch {
+		case e.err == nil:
+			c.misses.found(ref)
+		case errors.Is(e.err, ErrBundleNotFound):
+			c.misses.missed(ref, c.now())
 		}
 		if e.err != nil {
 			e.err = netErr(fmt.Sprintf("downloading bundle of device %d of %s", id, jid), e.err)

@@ -517,16 +517,21 @@ func (m *Manager) repair(ctx context.Context) error {
 	return nil
 }
 
+// localBundle returns the own bundle of backend ns as it is now.
+func (m *Manager) localBundle(ns string) (bundle.Bundle, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, err := m.backend(ns)
+	if err != nil {
+		return bundle.Bundle{}, err
+	}
+	return b.Bundle()
+}
+
 // publishBundleIfChanged downloads the own bundle and uploads the local one
 // if the download failed or differs.
 func (m *Manager) publishBundleIfChanged(ctx context.Context, ns string) error {
-	m.mu.Lock()
-	b, err := m.backend(ns)
-	var local bundle.Bundle
-	if err == nil {
-		local, err = b.Bundle()
-	}
-	m.mu.Unlock()
+	local, err := m.localBundle(ns)
 	if err != nil {
 		return err
 	}
@@ -538,13 +543,7 @@ func (m *Manager) publishBundleIfChanged(ctx context.Context, ns string) error {
 }
 
 func (m *Manager) uploadBundle(ctx context.Context, ns string) error {
-	m.mu.Lock()
-	b, err := m.backend(ns)
-	var local bundle.Bundle
-	if err == nil {
-		local, err = b.Bundle()
-	}
-	m.mu.Unlock()
+	local, err := m.localBundle(ns)
 	if err != nil {
 		return err
 	}

@@ -334,7 +334,7 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 	if err != nil {
 		return err
 	}
-	tx := &boltTx{bkt: btx.Bucket(dataBucket), writable: true}
+	tx := &boltTx{txState: txState{writable: true}, bkt: btx.Bucket(dataBucket)}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -423,22 +423,8 @@ func (b *Bolt) Check(ctx context.Context) error {
 }
 
 type boltTx struct {
-	bkt      *bolt.Bucket
-	writable bool
-	scanning int
-	done     bool
-}
-
-func (tx *boltTx) writeable() error {
-	switch {
-	case tx.done:
-		return ErrTxDone
-	case !tx.writable:
-		return ErrReadOnly
-	case tx.scanning > 0:
-		return errModifyDuringScan
-	}
-	return nil
+	txState
+	bkt *bolt.Bucket
 }
 
 func (tx *boltTx) Get(key string) (v []byte, err error) {

@@ -94,7 +94,7 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 
 	s.gen++
 	base := s.snapshot()
-	tx := &memTx{root: base, writable: true, gen: s.gen, seed: s.seed}
+	tx := &memTx{txState: txState{writable: true}, root: base, gen: s.gen, seed: s.seed}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -138,24 +138,10 @@ func (s *Memory) Stats() Stats {
 }
 
 type memTx struct {
-	root     *node  // the transaction's current state
-	gen      uint64 // generation of a read-write transaction, 0 for a View
-	seed     maphash.Seed
-	writable bool
-	scanning int
-	done     bool
-}
-
-func (tx *memTx) writeable() error {
-	switch {
-	case tx.done:
-		return ErrTxDone
-	case !tx.writable:
-		return ErrReadOnly
-	case tx.scanning > 0:
-		return errModifyDuringScan
-	}
-	return nil
+	txState
+	root *node  // the transaction's current state
+	gen  uint64 // generation of a read-write transaction, 0 for a View
+	seed maphash.Seed
 }
 
 func (tx *memTx) Get(key string) ([]byte, error) {

@@ -232,3 +232,23 @@ func (w writeLock) acquire(ctx context.Context, closing <-chan struct{}) error {
 }
 
 func (w writeLock) release() { <-w }
+
+// txState is the life cycle every Tx implementation checks before writing.
+type txState struct {
+	writable bool
+	scanning int  // nesting depth of running Scan callbacks
+	done     bool // the transaction function returned
+}
+
+// writeable reports why the transaction may not be written to, if so.
+func (t *txState) writeable() error {
+	switch {
+	case t.done:
+		return ErrTxDone
+	case !t.writable:
+		return ErrReadOnly
+	case t.scanning > 0:
+		return errModifyDuringScan
+	}
+	return nil
+}

@@ -23,7 +23,6 @@ Results go to stdout as "key value" lines, diagnostics to stderr.
 import argparse
 import asyncio
 import base64
-import copy
 import datetime
 import logging
 import os
@@ -46,6 +45,9 @@ import twomemo.twomemo
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "testdata", "interop"))
+from memstore import MemoryStorage  # noqa: E402
+
 NS2 = twomemo.twomemo.NAMESPACE  # urn:xmpp:omemo:2
 NS1 = oldmemo.oldmemo.NAMESPACE  # eu.siacs.conversations.axolotl
 ETREE = {NS2: twomemo.etree, NS1: oldmemo.etree}
@@ -64,25 +66,6 @@ def bundle_node_item(ns: str, device_id: int) -> (str, str):
     if ns == NS2:
         return "urn:xmpp:omemo:2:bundles", str(device_id)
     return f"eu.siacs.conversations.axolotl.bundles:{device_id}", "current"
-
-
-class MemoryStorage(omemo.Storage):
-    """In-memory omemo.Storage (values deep-copied), as in testdata/interop/smpeer.py."""
-
-    def __init__(self) -> None:
-        super().__init__(True)
-        self.data: Dict[str, Any] = {}
-
-    async def _load(self, key: str) -> omemo.Maybe:
-        if key in self.data:
-            return omemo.Just(copy.deepcopy(self.data[key]))
-        return omemo.Nothing()
-
-    async def _store(self, key: str, value: Any) -> None:
-        self.data[key] = copy.deepcopy(value)
-
-    async def _delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class IQLog:

@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -78,6 +79,21 @@ func (s *TokenStream) Next() (xml.Token, error) {
 		return nil, io.EOF
 	}
 	return tok, nil
+}
+
+// DecodeFirst reads r up to its first start element and hands it to parse:
+// the Decode of every codec package. An end element first yields
+// wrongElement; other errors are prefixed with pkg ("bundle: …").
+func DecodeFirst[T any](r xml.TokenReader, pkg string, wrongElement error, parse func(*TokenStream, xml.StartElement) (*T, error)) (*T, error) {
+	s := NewTokenStream(r)
+	start, err := s.FirstStart()
+	switch {
+	case errors.Is(err, ErrEndElement):
+		return nil, fmt.Errorf("%w: found an end element", wrongElement)
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", pkg, err)
+	}
+	return parse(s, start)
 }
 
 // FirstStart reads up to and including the first start element and returns

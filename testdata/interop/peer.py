@@ -19,7 +19,6 @@ decrypt do in non-history-sync mode, with real randomness:
 
 import asyncio
 import base64
-import copy
 import json
 import logging
 import sys
@@ -33,6 +32,7 @@ import oldmemo.etree
 import oldmemo.oldmemo
 import twomemo.etree
 import twomemo.twomemo
+from memstore import MemoryStorage
 
 
 LOG = logging.getLogger("omemo-interop-peer")
@@ -58,25 +58,6 @@ class UnknownIdentity(PeerError):
 
 class PublicDataInconsistency(PeerError):
     """The identity key in a key exchange differs from the one given by the caller."""
-
-
-class MemoryStorage(omemo.Storage):
-    """In-memory omemo.Storage, as used by the python-omemo test suite."""
-
-    def __init__(self) -> None:
-        super().__init__(True)
-        self.data: Dict[str, omemo.types.JSONType] = {}
-
-    async def _load(self, key: str) -> omemo.Maybe[omemo.types.JSONType]:
-        if key in self.data:
-            return omemo.Just(copy.deepcopy(self.data[key]))
-        return omemo.Nothing()
-
-    async def _store(self, key: str, value: omemo.types.JSONType) -> None:
-        self.data[key] = copy.deepcopy(value)
-
-    async def _delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class Identity:

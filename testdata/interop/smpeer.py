@@ -16,7 +16,6 @@ gets callbacks: it pulls and pushes data with explicit requests.
 
 import asyncio
 import base64
-import copy
 import json
 import logging
 import sys
@@ -35,6 +34,7 @@ import oldmemo.oldmemo
 import twomemo
 import twomemo.etree
 import twomemo.twomemo
+from memstore import MemoryStorage
 
 
 LOG = logging.getLogger("omemo-interop-smpeer")
@@ -61,25 +61,6 @@ class PeerError(Exception):
 
 class UnknownAccount(PeerError):
     """The account was never created with the create op."""
-
-
-class MemoryStorage(omemo.Storage):
-    """In-memory omemo.Storage. Writes are immediate, values are deep-copied."""
-
-    def __init__(self) -> None:
-        super().__init__(True)
-        self.data: Dict[str, omemo.types.JSONType] = {}
-
-    async def _load(self, key: str) -> omemo.Maybe[omemo.types.JSONType]:
-        if key in self.data:
-            return omemo.Just(copy.deepcopy(self.data[key]))
-        return omemo.Nothing()
-
-    async def _store(self, key: str, value: omemo.types.JSONType) -> None:
-        self.data[key] = copy.deepcopy(value)
-
-    async def _delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 def to_xml(ns: str, element: ET.Element) -> str:

@@ -39,7 +39,6 @@ Set XMPPCLIENT_DEBUG=1 in the environment to log slixmpp's stream traffic to std
 """
 
 import asyncio
-import copy
 import datetime
 import json
 import logging
@@ -62,6 +61,7 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
+from memstore import MemoryStorage
 
 NS2 = twomemo.twomemo.NAMESPACE  # urn:xmpp:omemo:2
 NS1 = oldmemo.oldmemo.NAMESPACE  # eu.siacs.conversations.axolotl
@@ -92,25 +92,6 @@ def emit(obj: Dict[str, Any]) -> None:
 
 def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-class MemoryStorage(omemo.Storage):
-    """In-memory omemo.Storage (values deep-copied)."""
-
-    def __init__(self) -> None:
-        super().__init__(True)
-        self.data: Dict[str, Any] = {}
-
-    async def _load(self, key: str) -> omemo.Maybe:
-        if key in self.data:
-            return omemo.Just(copy.deepcopy(self.data[key]))
-        return omemo.Nothing()
-
-    async def _store(self, key: str, value: Any) -> None:
-        self.data[key] = copy.deepcopy(value)
-
-    async def _delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 def sce_envelope(body: str, frm: str, to: str) -> bytes:

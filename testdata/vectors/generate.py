@@ -51,6 +51,9 @@ import twomemo.etree
 import oldmemo.oldmemo
 import oldmemo.etree
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
+from memstore import MemoryStorage  # noqa: E402
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -294,25 +297,6 @@ CAPTURES = {
     "twomemo": AEADCapture(twomemo.twomemo),
     "oldmemo": AEADCapture(oldmemo.oldmemo),
 }
-
-
-class MemoryStorage(omemo.Storage):
-    """In-memory omemo.Storage (same idea as the python-omemo test suite)."""
-
-    def __init__(self) -> None:
-        super().__init__(True)
-        self.data: Dict[str, omemo.types.JSONType] = {}
-
-    async def _load(self, key: str) -> omemo.Maybe[omemo.types.JSONType]:
-        if key in self.data:
-            return omemo.Just(copy.deepcopy(self.data[key]))
-        return omemo.Nothing()
-
-    async def _store(self, key: str, value: omemo.types.JSONType) -> None:
-        self.data[key] = copy.deepcopy(value)
-
-    async def _delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 #########
