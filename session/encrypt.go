@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"mellium.im/omemo/backends"
+	"mellium.im/omemo/bundle"
 	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
@@ -228,7 +229,7 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 				Keys: make([]encrypted.Key, 0, len(group))}
 			for _, t := range group {
 				jid, dev := t.info.JID, t.info.DeviceID
-				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, t.have)
+				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, t.have, t.info.IdentityKey)
 				if err != nil {
 					if isDeviceFailure(err) {
 						res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
@@ -276,8 +277,9 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 }
 
 // encryptFor encrypts key material for one device, building an active
-// session from its bundle if there is none.
-func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, haveSession bool) (backends.KeyElement, backends.Session, error) {
+// session from its bundle if there is none. A bundle is used only if it
+// carries ik, the identity key the trust decision was made on.
+func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, haveSession bool, ik [32]byte) (backends.KeyElement, backends.Session, error) {
 	if haveSession {
 		s, err := m.loadSession(tx, be, key)
 		if err != nil {
@@ -292,13 +294,35 @@ func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backe
 	if err != nil {
 		return backends.KeyElement{}, nil, err
 	}
+	if err := m.checkBundleIdentity(be, b, jid, dev, ik); err != nil {
+		return backends.KeyElement{}, nil, err
+	}
 	s, ke, err := be.BuildSessionActive(jid, dev, b, km)
 	return ke, s, err
+}
+
+// checkBundleIdentity makes sure a downloaded bundle carries the identity
+// key stored for the device before a session is built from it (python-omemo
+// 1.0 does not compare them). A bundle that may be fetched again at any
+// time is no evidence of identity: only the stored key, on which every
+// trust decision was made, is.
+func (m *Manager) checkBundleIdentity(be backends.Backend, b bundle.Bundle, jid string, dev uint32, stored [32]byte) error {
+	published, err := be.BundleIdentityKey(b)
+	if err != nil {
+		return err
+	}
+	if published != stored {
+		err := &IdentityMismatchError{Namespace: be.Namespace(), JID: jid, DeviceID: dev, Stored: stored, Published: published}
+		m.cfg.Logger.Warn("omemo: refusing a bundle whose identity key differs from the stored one",
+			"jid", jid, "device", dev, "namespace", be.Namespace())
+		return err
+	}
+	return nil
 }
 
 // isDeviceFailure tells failures that exclude one device (its bundle is
 // missing, unreachable or unusable) from failures that abort the operation.
 func isDeviceFailure(err error) bool {
-	return errors.Is(err, ErrNetwork) || errors.Is(err, ErrBundleNotFound) ||
+	return errors.Is(err, ErrNetwork) || errors.Is(err, ErrBundleNotFound) || errors.Is(err, ErrPublicDataInconsistency) ||
 		errors.Is(err, backends.ErrKeyExchange) || errors.Is(err, backends.ErrMalformed)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"mellium.im/omemo/backends"
 )
 
 // Errors of the session manager. They are wrapped with context; test with
@@ -75,3 +77,30 @@ func (e DeviceError) Error() string {
 }
 
 func (e DeviceError) Unwrap() error { return e.Err }
+
+// IdentityMismatchError reports a downloaded bundle whose identity key is
+// not the one stored for the device, the key every trust decision on the
+// device was made on. The bundle is never used: encrypting for it would
+// hand the message key to whoever published it (a hostile server, or
+// anyone who can write the contact's bundle node). The stored key and its
+// trust stay as they were. It matches ErrPublicDataInconsistency.
+//
+// Identity keys are public; the error carries both for the user to see.
+type IdentityMismatchError struct {
+	Namespace string
+	JID       string
+	DeviceID  uint32
+	// Stored is the identity key on record, Published the bundle's (both
+	// Ed25519).
+	Stored, Published [32]byte
+}
+
+func (e *IdentityMismatchError) Error() string {
+	stored, _ := backends.Fingerprint(e.Stored)
+	published, _ := backends.Fingerprint(e.Published)
+	return fmt.Sprintf("omemo: the %s bundle of device %d of %s carries identity key %s, not the stored %s: bundle not used",
+		e.Namespace, e.DeviceID, e.JID, published, stored)
+}
+
+// Is makes errors.Is(err, ErrPublicDataInconsistency) true.
+func (e *IdentityMismatchError) Is(target error) bool { return target == ErrPublicDataInconsistency }

@@ -180,6 +180,18 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 			if err != nil {
 				return err
 			}
+			// The fresh bundle must carry the identity key on record, the
+			// one the trust decision was made on.
+			rec, err := getDevice(tx, jid, dev)
+			if err != nil {
+				return err
+			}
+			if !rec.HasIdentityKey {
+				return fmt.Errorf("%w: identity key of device %d of %s unknown", ErrSenderNotFound, dev, jid)
+			}
+			if err := m.checkBundleIdentity(be, b, jid, dev, rec.IdentityKey); err != nil {
+				return err
+			}
 			content, km, err := be.EncryptEmpty()
 			if err != nil {
 				return err
@@ -217,7 +229,12 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 		})
 		m.mu.Unlock()
 		out[ns] = sendErr
-		if txErr != nil {
+		switch {
+		case txErr == nil:
+		case isMessageError(txErr) || errors.Is(txErr, ErrSenderNotFound):
+			// The bundle is unusable (or not the device's): nothing changed.
+			out[ns] = fmt.Errorf("omemo: replacing the session with device %d of %s: %w", dev, jid, txErr)
+		default:
 			out[ns] = storageErr(txErr)
 		}
 		if out[ns] == nil {

@@ -97,6 +97,15 @@ func (s *Server) Bundle(ns, jid string, id uint32) (bundle.Bundle, bool) {
 	return b, ok
 }
 
+// SetBundle replaces a published bundle, as its owner (or a hostile
+// server) could.
+func (s *Server) SetBundle(jid string, id uint32, b bundle.Bundle) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b.PreKeys = slices.Clone(b.PreKeys)
+	s.bundles[bundleKey{b.Namespace, jid, id}] = b
+}
+
 func (s *Server) op(name, jid string) error {
 	s.mu.Lock()
 	s.Calls[name]++
