@@ -94,6 +94,11 @@ type Config struct {
 	// OnError receives failures of background work (republishing bundles,
 	// answering key exchanges, heartbeats, signed pre key rotation).
 	OnError func(error)
+	// NetworkTimeout bounds every call of the Network (each download,
+	// upload and sent message), DefaultNetworkTimeout if zero. A server
+	// that never answers then costs one failed operation, not a stalled
+	// Manager.
+	NetworkTimeout time.Duration
 	// StartSynced starts outside history synchronisation mode. By default a
 	// Manager starts in it, as python-omemo does: call AfterHistorySync
 	// once the catch-up (MAM) after login is done.
@@ -132,6 +137,12 @@ func (c *Config) resolve() (Config, error) {
 	}
 	if r.PreKeyRefillThreshold < 25 || r.PreKeyRefillThreshold > 99 {
 		return r, fmt.Errorf("%w: pre key refill threshold %d not in 25..99", ErrInvalidConfig, r.PreKeyRefillThreshold)
+	}
+	if r.NetworkTimeout == 0 {
+		r.NetworkTimeout = DefaultNetworkTimeout
+	}
+	if r.NetworkTimeout < 0 {
+		return r, fmt.Errorf("%w: negative network timeout", ErrInvalidConfig)
 	}
 	if r.Now == nil {
 		r.Now = time.Now

@@ -46,6 +46,20 @@ type Decrypted struct {
 // message completes the session; a heartbeat is sent when the receiving
 // chain grows past 53 messages. That follow-up work runs in the background.
 func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encrypted) (*Decrypted, error) {
+	return m.decrypt(ctx, from, msg, false)
+}
+
+// DecryptOffline is Decrypt without network work: if the sending device or
+// its identity key is not stored yet, it returns an error matching
+// ErrSenderUnresolved instead of fetching the sender's device list and
+// bundle. A receiver that must not wait for one sender's lookup (a single
+// worker decrypting everyone's messages) calls ResolveSender for that
+// message elsewhere and tries again, while it goes on with other senders.
+func (m *Manager) DecryptOffline(ctx context.Context, from string, msg *encrypted.Encrypted) (*Decrypted, error) {
+	return m.decrypt(ctx, from, msg, true)
+}
+
+func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encrypted, offline bool) (*Decrypted, error) {
 	if err := m.check(); err != nil {
 		return nil, err
 	}
@@ -68,7 +82,7 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		return nil, fmt.Errorf("%w: message claims to come from this device", ErrSenderNotFound)
 	}
 
-	sender, err := m.sender(ctx, ns, from, msg.SID)
+	sender, err := m.sender(ctx, ns, from, msg.SID, offline)
 	if err != nil {
 		return nil, err
 	}
@@ -254,16 +268,34 @@ func isMessageError(err error) bool {
 }
 
 // sender finds the sending device, refreshing the sender's device list
-// once if it is unknown, and makes sure its identity key is known.
-func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32) (DeviceInfo, error) {
-	for attempt := 0; ; attempt++ {
-		infos, recs, _, err := m.devices(ctx, jid, nil)
+// once if it is unknown, and makes sure its identity key is known. Offline,
+// it only looks at what is stored.
+func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32, offline bool) (DeviceInfo, error) {
+	if offline {
+		infos, _, _, err := m.devicesOffline(ctx, jid)
 		if err != nil {
 			return DeviceInfo{}, err
 		}
 		for _, d := range infos {
 			if d.DeviceID == dev {
 				return d, nil
+			}
+		}
+		return DeviceInfo{}, fmt.Errorf("%w: device %d of %s", ErrSenderUnresolved, dev, jid)
+	}
+	for attempt := 0; ; attempt++ {
+		infos, recs, failures, err := m.devices(ctx, jid, nil)
+		if err != nil {
+			return DeviceInfo{}, err
+		}
+		for _, d := range infos {
+			if d.DeviceID == dev {
+				return d, nil
+			}
+		}
+		for _, f := range failures {
+			if f.DeviceID == dev && errors.Is(f.Err, ErrPublicDataInconsistency) {
+				return DeviceInfo{}, fmt.Errorf("%w: %w", ErrSenderNotFound, f.Err)
 			}
 		}
 		if attempt > 0 {
@@ -276,6 +308,25 @@ func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32) (Devic
 			return DeviceInfo{}, fmt.Errorf("%w: %w", ErrSenderNotFound, err)
 		}
 	}
+}
+
+// ResolveSender does the network work that DecryptOffline leaves out for a
+// message of device dev of jid in namespace ns: it refreshes jid's device
+// list if the device is not known and downloads bundles to learn identity
+// keys that are not stored. It returns nil once the device and its
+// identity key are stored, else an error matching ErrSenderNotFound.
+func (m *Manager) ResolveSender(ctx context.Context, ns, jid string, dev uint32) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	_, err := m.backend(ns)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	_, err = m.sender(ctx, ns, jid, dev, false)
+	return err
 }
 
 // sendEmpty sends an empty message to one device over its session and

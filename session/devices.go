@@ -13,6 +13,7 @@ import (
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/bundle"
 	"mellium.im/omemo/devicelist"
+	omemons "mellium.im/omemo/ns"
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
 )
@@ -81,6 +82,56 @@ func (m *Manager) RefreshDeviceList(ctx context.Context, ns, jid string) error {
 	}
 	l.Namespace = ns
 	return m.UpdateDeviceList(ctx, jid, l)
+}
+
+// RefreshDeviceListAfterRetraction fetches the device list of jid in ns
+// again after a notification that it was retracted, purged or deleted. A
+// retraction says nothing about the devices, so nothing is assumed: a
+// contact's list becomes what the server serves now. The own list is never
+// shrunk because of one: if the fetched list lacks this device or another
+// own device known to be active, those are put back and the list is
+// republished.
+func (m *Manager) RefreshDeviceListAfterRetraction(ctx context.Context, ns, jid string) error {
+	if jid != m.cfg.JID {
+		return m.RefreshDeviceList(ctx, ns, jid)
+	}
+	if err := m.check(); err != nil {
+		return err
+	}
+	l, err := m.net.DownloadDeviceList(ctx, ns, jid)
+	if err != nil {
+		return netErr("downloading own device list", err)
+	}
+	l.Namespace = ns
+	var known map[uint32]deviceRecord
+	if err := m.store.View(ctx, func(tx store.Tx) error {
+		known, err = devicesOf(tx, jid)
+		return err
+	}); err != nil {
+		return storageErr(err)
+	}
+	listed := map[uint32]bool{}
+	for _, d := range l.Devices {
+		listed[d.ID] = true
+	}
+	ids := make([]uint32, 0, len(known))
+	for id, rec := range known {
+		if rec.Active[ns] && !listed[id] && id != m.devID {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		d := devicelist.Device{ID: id}
+		if rec := known[id]; ns != omemons.Legacy {
+			d.Label, d.LabelSignature = rec.Label, rec.LabelSignature
+		}
+		l.Devices = append(l.Devices, d)
+	}
+	if _, err := m.ingest(ctx, ns, jid, l); err != nil {
+		return err
+	}
+	return m.uploadOwnList(ctx, ns, l, len(ids) > 0)
 }
 
 // RefreshDeviceLists refreshes the device lists of jid in every namespace.
@@ -332,6 +383,65 @@ func (m *Manager) devices(ctx context.Context, jid string, cache *bundleCache) (
 	return all[0].infos, all[0].recs, all[0].failures, nil
 }
 
+// claimIdentity records jid as the owner of ik unless another account
+// announced it first, and returns the owner.
+func claimIdentity(tx store.Tx, jid string, ik [32]byte) (string, error) {
+	raw, err := tx.Get(keyIdentityOwner(ik))
+	switch {
+	case err == nil:
+		return string(raw), nil
+	case !errors.Is(err, store.ErrNotFound):
+		return "", err
+	}
+	return jid, tx.Put(keyIdentityOwner(ik), []byte(jid))
+}
+
+// indexIdentityOwners collects the owners of the identity keys stored
+// before the index existed (once per store), the own key first.
+func (m *Manager) indexIdentityOwners(tx store.Tx) error {
+	if _, err := claimIdentity(tx, m.cfg.JID, m.id.PublicKey()); err != nil {
+		return err
+	}
+	if _, err := tx.Get(keyIdentityOwnersIndexed); err == nil {
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	type claim struct {
+		jid string
+		ik  [32]byte
+	}
+	var claims []claim
+	if err := tx.Scan("omemo/devices/", func(key string, raw []byte) error {
+		jid, ok := parseDeviceKey(key)
+		if !ok {
+			return nil
+		}
+		rec, err := unmarshalRecord(raw)
+		if err != nil || !rec.HasIdentityKey {
+			return nil
+		}
+		claims = append(claims, claim{jid, rec.IdentityKey})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, c := range claims {
+		if _, err := claimIdentity(tx, c.jid, c.ik); err != nil {
+			return err
+		}
+	}
+	return tx.Put(keyIdentityOwnersIndexed, []byte{1})
+}
+
+// devicesOffline is devices without network work: devices whose identity
+// key is not stored are left out.
+func (m *Manager) devicesOffline(ctx context.Context, jid string) ([]DeviceInfo, map[uint32]deviceRecord, []DeviceError, error) {
+	cache := m.newBundleCache()
+	cache.offline = true
+	return m.devices(ctx, jid, cache)
+}
+
 // jidDevices is what devicesOfJIDs finds about one account. Its fields may
 // be shared with the read cache: they are read-only.
 type jidDevices struct {
@@ -388,7 +498,7 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 	found := map[ref][32]byte{}
 	for i, jid := range jids {
 		for id, rec := range out[i].recs {
-			if rec.HasIdentityKey {
+			if rec.HasIdentityKey || cache.offline {
 				continue
 			}
 			if bes == nil {
@@ -437,6 +547,14 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 				return err
 			}
 			if !rec.HasIdentityKey {
+				if owner, err := claimIdentity(tx, jid, ik); err != nil {
+					return err
+				} else if owner != jid {
+					claimed := &IdentityClaimedError{JID: jid, DeviceID: r.id, Owner: owner, IdentityKey: ik}
+					m.cfg.Logger.Warn("omemo: a device announces another account's identity key", "jid", jid, "device", r.id, "owner", owner)
+					out[r.i].failures = append(out[r.i].failures, DeviceError{JID: jid, DeviceID: r.id, Err: claimed})
+					continue
+				}
 				rec.IdentityKey, rec.HasIdentityKey = ik, true
 				if err := putDevice(tx, jid, r.id, rec); err != nil {
 					return err
@@ -552,6 +670,8 @@ type bundleCache struct {
 
 	misses *bundleMisses // the Manager's, shared by every operation
 	now    func() time.Time
+	// offline operations discover no identity keys (no downloads).
+	offline bool
 }
 
 // maxParallelDownloads bounds the bundle downloads one operation runs at

@@ -28,6 +28,10 @@ var (
 	// ErrSenderNotFound means the sending device is not in the sender's
 	// device list, even after a refresh, or its identity is unknown.
 	ErrSenderNotFound = errors.New("omemo: sender device not found")
+	// ErrSenderUnresolved means that DecryptOffline found the sending
+	// device, or its identity key, not stored: ResolveSender (which needs
+	// the network) must run first. Nothing was changed.
+	ErrSenderUnresolved = errors.New("omemo: sender device not resolved yet")
 	// ErrSenderDistrusted means the sending device's identity key is distrusted.
 	ErrSenderDistrusted = errors.New("omemo: sender distrusted")
 	// ErrNoSession means a message that is not a key exchange came from a
@@ -104,3 +108,27 @@ func (e *IdentityMismatchError) Error() string {
 
 // Is makes errors.Is(err, ErrPublicDataInconsistency) true.
 func (e *IdentityMismatchError) Is(target error) bool { return target == ErrPublicDataInconsistency }
+
+// IdentityClaimedError reports a device that announces an identity key
+// another account announced first. An identity key belongs to one account:
+// one that republishes another account's device id and key (which are
+// public) could otherwise have a hostile server re-attribute that
+// account's messages to it (legacy OMEMO binds no sender JID into a
+// message; OMEMO 2 only through the optional <from> affix). The device is
+// left without an identity key, so nothing is encrypted for it and no
+// message from it is accepted. It matches ErrPublicDataInconsistency.
+type IdentityClaimedError struct {
+	JID      string
+	DeviceID uint32
+	// Owner is the account that announced the key first.
+	Owner       string
+	IdentityKey [32]byte
+}
+
+func (e *IdentityClaimedError) Error() string {
+	fp, _ := backends.Fingerprint(e.IdentityKey)
+	return fmt.Sprintf("omemo: device %d of %s announces identity key %s, which belongs to %s", e.DeviceID, e.JID, fp, e.Owner)
+}
+
+// Is makes errors.Is(err, ErrPublicDataInconsistency) true.
+func (e *IdentityClaimedError) Is(target error) bool { return target == ErrPublicDataInconsistency }

@@ -8,8 +8,10 @@ import (
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/backends/oldmemo"
 	"mellium.im/omemo/backends/twomemo"
+	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/session"
 	"mellium.im/omemo/session/sessiontest"
+	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
 )
 
@@ -243,5 +245,119 @@ func TestReplaceSessionRefusesForgedBundle(t *testing.T) {
 				t.Fatal("stored identity key changed")
 			}
 		})
+	}
+}
+
+// An identity key belongs to the account that announced it first. Mallory
+// republishes Bob's device id and bundle (public data) under her account,
+// and a hostile server re-attributes Bob's message to her: Alice, who
+// knows Bob, refuses the device of Mallory's that claims Bob's key, both
+// as a sender and as a recipient. (Legacy OMEMO binds no sender JID into
+// a message; OMEMO 2 only through the optional <from> affix.)
+func TestIdentityKeyOfAnotherAccount(t *testing.T) {
+	for _, be := range singleBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			srv := sessiontest.NewServer()
+			alice := newClient(t, srv, "alice@example.org", be.f)
+			bob := newClient(t, srv, "bob@example.org", be.f)
+			mallory := newClient(t, srv, "mallory@example.org", be.f)
+			for _, c := range []*client{alice, bob} {
+				for _, o := range []*client{alice, bob} {
+					if err := c.m.RefreshDeviceLists(ctx, o.jid); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			deviceOf(t, alice, bob.jid, bob.m.DeviceID())
+
+			// Mallory announces Bob's device as hers.
+			l := srv.DeviceList(be.f.Namespace, mallory.jid)
+			l.Devices = append(l.Devices, devicelist.Device{ID: bob.m.DeviceID()})
+			srv.SetDeviceList(mallory.jid, l)
+			b, _ := srv.Bundle(be.f.Namespace, bob.jid, bob.m.DeviceID())
+			srv.SetBundle(mallory.jid, bob.m.DeviceID(), b)
+
+			send(t, srv, bob, "from bob", alice.jid)
+			in := srv.Inbox(alice.jid)
+			if len(in) != 1 {
+				t.Fatalf("%d messages", len(in))
+			}
+			_, err := alice.m.Decrypt(ctx, mallory.jid, in[0].Message)
+			var claimed *session.IdentityClaimedError
+			if !errors.Is(err, session.ErrSenderNotFound) || !errors.As(err, &claimed) || claimed.Owner != bob.jid || claimed.IdentityKey != bob.m.IdentityKey() {
+				t.Fatalf("re-attributed message: %v; want ErrSenderNotFound with the claim by bob", err)
+			}
+			// The genuine message still decrypts as Bob's.
+			dec, err := alice.m.Decrypt(ctx, bob.jid, in[0].Message)
+			if err != nil || string(dec.Plaintext) != "from bob" {
+				t.Fatalf("bob's message: %v, %v", dec, err)
+			}
+			// Nothing is encrypted for the claiming device either.
+			res, err := alice.m.Encrypt(ctx, []string{mallory.jid}, plaintexts("hi"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range res.Recipients {
+				if r.JID == mallory.jid && r.DeviceID == bob.m.DeviceID() {
+					t.Fatal("encrypted for the device that claims bob's key")
+				}
+			}
+			found := false
+			for _, f := range res.Failures {
+				found = found || f.JID == mallory.jid && f.DeviceID == bob.m.DeviceID() && errors.As(f, &claimed)
+			}
+			if !found {
+				t.Fatalf("failures %v do not report the claim", res.Failures)
+			}
+		})
+	}
+}
+
+// A store written before identity owners were recorded gets them from its
+// device records at the next start.
+func TestIdentityOwnersOfOlderStores(t *testing.T) {
+	ctx := context.Background()
+	srv := sessiontest.NewServer()
+	alice := newClient(t, srv, "alice@example.org", twomemo.Factory)
+	bob := newClient(t, srv, "bob@example.org", twomemo.Factory)
+	mallory := newClient(t, srv, "mallory@example.org", twomemo.Factory)
+	if err := alice.m.RefreshDeviceLists(ctx, bob.jid); err != nil {
+		t.Fatal(err)
+	}
+	deviceOf(t, alice, bob.jid, bob.m.DeviceID())
+	if err := alice.m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// As the store was before: no owners, no mark.
+	if err := alice.st.Update(ctx, func(tx store.Tx) error {
+		if err := tx.DeletePrefix("omemo/identity-owner"); err != nil {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := session.New(ctx, alice.st, srv.Network(alice.jid), session.Config{JID: alice.jid, Backends: []backends.Factory{twomemo.Factory}, StartSynced: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	l := srv.DeviceList(twomemo.Namespace, mallory.jid)
+	l.Devices = append(l.Devices, devicelist.Device{ID: bob.m.DeviceID()})
+	srv.SetDeviceList(mallory.jid, l)
+	b, _ := srv.Bundle(twomemo.Namespace, bob.jid, bob.m.DeviceID())
+	srv.SetBundle(mallory.jid, bob.m.DeviceID(), b)
+	if err := m.RefreshDeviceLists(ctx, mallory.jid); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := m.Devices(ctx, mallory.jid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range infos {
+		if d.DeviceID == bob.m.DeviceID() {
+			t.Fatalf("mallory's device with bob's key was accepted: %+v", d)
+		}
 	}
 }

@@ -42,6 +42,27 @@ func keyDevice(jid string, dev uint32) string {
 	return prefixDevicesOf(jid) + strconv.FormatUint(uint64(dev), 10)
 }
 
+// keyIdentityOwner records the account that first announced an identity
+// key (see claimIdentity).
+func keyIdentityOwner(ik [32]byte) string {
+	return "omemo/identity-owner/" + base64.RawURLEncoding.EncodeToString(ik[:])
+}
+
+// keyIdentityOwnersIndexed marks a store whose identity owners were
+// collected from the device records stored before the index existed.
+const keyIdentityOwnersIndexed = "omemo/identity-owner-indexed"
+
+// parseDeviceKey splits a device record key.
+func parseDeviceKey(key string) (jid string, ok bool) {
+	rest, found := strings.CutPrefix(key, "omemo/devices/")
+	i := strings.LastIndexByte(rest, '/')
+	if !found || i < 0 {
+		return "", false
+	}
+	jid, err := unesc(rest[:i])
+	return jid, err == nil
+}
+
 func prefixTrustOf(jid string) string { return "omemo/trust/" + esc(jid) + "/" }
 
 func keyTrust(jid string, ik [32]byte) string {

@@ -63,7 +63,7 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if st == nil || net == nil {
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: c, store: st, net: net, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
+	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
 		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}}
 	for _, f := range c.Backends {
 		m.order = append(m.order, f.Namespace)
@@ -473,7 +473,10 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 		for _, ns := range m.order {
 			rec.Active[ns] = true
 		}
-		return putDevice(tx, m.cfg.JID, m.devID, rec)
+		if err := putDevice(tx, m.cfg.JID, m.devID, rec); err != nil {
+			return err
+		}
+		return m.indexIdentityOwners(tx)
 	}))
 }
 

@@ -33,8 +33,17 @@ type Server struct {
 	// Fail, if set, is called before every operation; a non-nil error is
 	// returned instead of performing it (fault injection).
 	Fail func(op, account string) error
-	// Calls counts operations by name.
+	// Calls counts operations by name; read it with CallCount while
+	// clients run.
 	Calls map[string]int
+}
+
+// CallCount returns how many operations named name (for example
+// "DownloadBundle") the server performed or refused.
+func (s *Server) CallCount(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Calls[name]
 }
 
 type bundleKey struct {
