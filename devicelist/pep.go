@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
@@ -18,6 +19,13 @@ import (
 // The error returned also wraps the codec error (for example ErrInvalidID or
 // ErrWrongElement), so errors.Is works for both.
 var ErrInvalidItem = errors.New("devicelist: published item is not a valid device list")
+
+// ErrListRetracted is returned by FromEvent for a notification that the
+// device list item (ItemID) was retracted, or the node purged or deleted.
+// It says nothing about the account's devices: the list must be fetched
+// again, never assumed empty (a hostile or confused publisher, or a server
+// migration, could otherwise make every device look gone).
+var ErrListRetracted = errors.New("devicelist: device list retracted, purged or deleted")
 
 // publishOptions are the publish-options used for the device list nodes of
 // both namespaces: open access (XEP-0384 requires that anyone may read a
@@ -111,12 +119,15 @@ func NamespaceOfNode(node string) string {
 
 // FromEvent interprets a PEP notification (see pep.HandleEvents).
 // ok is false, and the other results zero, if ev is not about a device list
-// node; the account whose list changed is ev.From (zero: the own account).
+// node or carries nothing to learn; the account whose list changed is
+// ev.From (zero: the own account).
 //
 // A published item yields the list it carries: the item ItemID if the
 // notification has several items, else the last (newest) one.
-// A notification without items that retracts items, purges or deletes the
-// node yields an empty List: the account no longer announces any device.
+// A retraction of the item ItemID, a purge and a deletion of the node
+// yield the namespace, ok and ErrListRetracted: the caller fetches the list
+// again. Retractions of other items are ignored (ok is false): the device
+// list lives in ItemID.
 // An item that does not hold a device list of the node's namespace (or has
 // no payload, as when the service does not deliver payloads) yields the
 // namespace, ok and an error wrapping ErrInvalidItem; the caller may then
@@ -141,9 +152,10 @@ func FromEvent(ev pep.Event) (namespace string, l List, ok bool, err error) {
 		}
 		l, err = decodeItem(it, namespace)
 		return namespace, l, true, err
-	case ev.Deleted, ev.Purged, len(ev.Retracted) > 0:
-		return namespace, List{Namespace: namespace}, true, nil
+	case ev.Deleted, ev.Purged, slices.Contains(ev.Retracted, ItemID):
+		return namespace, List{}, true, ErrListRetracted
 	}
-	// A well-formed notification with no content: nothing to learn.
+	// A well-formed notification with no content, or a retraction of an
+	// item that is not the list: nothing to learn.
 	return "", List{}, false, nil
 }

@@ -72,23 +72,37 @@ func TestFromEvent(t *testing.T) {
 		ok:      true,
 		devices: []uint32{},
 	}, {
-		name:    "retract",
-		msg:     evHead + `<items node='urn:xmpp:omemo:2:devices'><retract id='current'/></items>` + evTail,
-		ns:      ns.OMEMO2,
-		ok:      true,
-		devices: []uint32{},
+		name: "retract",
+		msg:  evHead + `<items node='urn:xmpp:omemo:2:devices'><retract id='current'/></items>` + evTail,
+		ns:   ns.OMEMO2,
+		ok:   true,
+		errs: []error{devicelist.ErrListRetracted},
 	}, {
-		name:    "purge",
-		msg:     evHead + `<purge node='eu.siacs.conversations.axolotl.devicelist'/>` + evTail,
-		ns:      ns.Legacy,
-		ok:      true,
-		devices: []uint32{},
+		name: "legacy retract",
+		msg:  evHead + `<items node='eu.siacs.conversations.axolotl.devicelist'><retract id='x'/><retract id='current'/></items>` + evTail,
+		ns:   ns.Legacy,
+		ok:   true,
+		errs: []error{devicelist.ErrListRetracted},
 	}, {
-		name:    "delete",
-		msg:     evHead + `<delete node='urn:xmpp:omemo:2:devices'/>` + evTail,
-		ns:      ns.OMEMO2,
-		ok:      true,
-		devices: []uint32{},
+		// Only the list's own item counts: a retraction of any other
+		// item says nothing about the devices.
+		name: "retract other item",
+		msg:  evHead + `<items node='urn:xmpp:omemo:2:devices'><retract id='old'/></items>` + evTail,
+	}, {
+		name: "legacy retract other item",
+		msg:  evHead + `<items node='eu.siacs.conversations.axolotl.devicelist'><retract id='1'/></items>` + evTail,
+	}, {
+		name: "purge",
+		msg:  evHead + `<purge node='eu.siacs.conversations.axolotl.devicelist'/>` + evTail,
+		ns:   ns.Legacy,
+		ok:   true,
+		errs: []error{devicelist.ErrListRetracted},
+	}, {
+		name: "delete",
+		msg:  evHead + `<delete node='urn:xmpp:omemo:2:devices'/>` + evTail,
+		ns:   ns.OMEMO2,
+		ok:   true,
+		errs: []error{devicelist.ErrListRetracted},
 	}, {
 		name: "other node",
 		msg:  evHead + `<items node='urn:xmpp:omemo:2:bundles'><item id='1'>` + two + `</item></items>` + evTail,
