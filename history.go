@@ -59,7 +59,9 @@ func (p *Plugin) CatchUp(ctx context.Context, since time.Time) (err error) {
 	page := ""
 	for {
 		q := history.Query{ID: queryID, Start: since, Limit: limit, PageID: page}
-		res, err := history.Fetch(ctx, q, jid.JID{}, p.s)
+		qctx, qdone := bounded(ctx, p.cfg.NetworkTimeout)
+		res, err := history.Fetch(qctx, q, jid.JID{}, p.s)
+		qdone()
 		if err != nil {
 			return fmt.Errorf("omemo: fetching the archive: %w", err)
 		}

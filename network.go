@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"mellium.im/omemo/bundle"
 	"mellium.im/omemo/devicelist"
@@ -37,12 +38,26 @@ var errEmptyJID = errors.New("omemo: empty recipient JID")
 // from inside an xmpp.Handler of the session (the session manager calls
 // them from the caller's goroutine or its own background worker).
 type pepNetwork struct {
-	s *xmpp.Session
+	s       *xmpp.Session
+	timeout time.Duration
 }
 
-// newNetwork returns the session.Network of s.
-func newNetwork(s *xmpp.Session) session.Network {
-	return pepNetwork{s: s}
+// newNetwork returns the session.Network of s; each call is bounded by
+// timeout.
+func newNetwork(s *xmpp.Session, timeout time.Duration) session.Network {
+	return pepNetwork{s: s, timeout: timeout}
+}
+
+// bounded returns the context of one network call: cancelled when ctx is,
+// or when timeout elapses, but only until done is called (see detach:
+// mellium must never see a cancellation after the call returned).
+func bounded(ctx context.Context, timeout time.Duration) (context.Context, func()) {
+	tctx, cancel := context.WithTimeout(context.Background(), timeout)
+	inner, done := detach(ctx, tctx)
+	return inner, func() {
+		done()
+		cancel()
+	}
 }
 
 // parseBare parses an untrusted JID string and returns its bare form; ""
@@ -60,6 +75,8 @@ func parseBare(s string) (jid.JID, error) {
 
 // UploadBundle implements session.Network.
 func (n pepNetwork) UploadBundle(ctx context.Context, deviceID uint32, b bundle.Bundle) error {
+	ctx, done := bounded(ctx, n.timeout)
+	defer done()
 	return bundle.Publish(ctx, n.s, deviceID, b)
 }
 
@@ -67,6 +84,8 @@ func (n pepNetwork) UploadBundle(ctx context.Context, deviceID uint32, b bundle.
 // A bundle that was never published (or may not be read) is an error that
 // matches both session.ErrBundleNotFound and pep.ErrNotFound.
 func (n pepNetwork) DownloadBundle(ctx context.Context, namespace, owner string, deviceID uint32) (bundle.Bundle, error) {
+	ctx, done := bounded(ctx, n.timeout)
+	defer done()
 	j, err := parseBare(owner)
 	if err != nil {
 		return bundle.Bundle{}, err
@@ -80,16 +99,22 @@ func (n pepNetwork) DownloadBundle(ctx context.Context, namespace, owner string,
 
 // DeleteBundle implements session.Network.
 func (n pepNetwork) DeleteBundle(ctx context.Context, namespace string, deviceID uint32) error {
+	ctx, done := bounded(ctx, n.timeout)
+	defer done()
 	return bundle.Delete(ctx, n.s, namespace, deviceID)
 }
 
 // UploadDeviceList implements session.Network.
 func (n pepNetwork) UploadDeviceList(ctx context.Context, l devicelist.List) error {
+	ctx, done := bounded(ctx, n.timeout)
+	defer done()
 	return devicelist.Publish(ctx, n.s, l)
 }
 
 // DownloadDeviceList implements session.Network.
 func (n pepNetwork) DownloadDeviceList(ctx context.Context, namespace, owner string) (devicelist.List, error) {
+	ctx, done := bounded(ctx, n.timeout)
+	defer done()
 	j, err := parseBare(owner)
 	if err != nil {
 		return devicelist.List{}, err
@@ -119,7 +144,7 @@ func (n pepNetwork) SendMessage(ctx context.Context, to string, msg *encrypted.E
 	if err != nil {
 		return err
 	}
-	return sendDetached(ctx, n.s, toks)
+	return sendDetached(ctx, n.s, toks, n.timeout)
 }
 
 // messageTokens builds the whole message stanza in memory: Session.Send
@@ -185,10 +210,14 @@ func tokenSlice(toks []xml.Token) xml.TokenReader {
 // connection is unusable after a write timeout). Callers routinely cancel
 // their context right after a call returns, so the context handed to Send
 // is cancelled only while Send is still running.
-func sendDetached(ctx context.Context, s *xmpp.Session, toks []xml.Token) error {
+//
+// A write that takes longer than timeout is aborted too.
+func sendDetached(ctx context.Context, s *xmpp.Session, toks []xml.Token, timeout time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	ctx, stopTimer := bounded(ctx, timeout)
+	defer stopTimer()
 	sendCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var (
 		mu       sync.Mutex

@@ -13,6 +13,7 @@ import (
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/backends/oldmemo"
 	"mellium.im/omemo/backends/twomemo"
+	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
 	"mellium.im/omemo/session"
@@ -35,6 +36,9 @@ const DefaultCapsNode = "https://mellium.im/omemo"
 // by clients that do not support OMEMO.
 // It is the text Conversations uses, so that users see a familiar hint.
 const DefaultFallbackBody = "I sent you an OMEMO encrypted message but your client doesn't seem to support that. Find more information on https://conversations.im/omemo"
+
+// DefaultMaxClockSkew is Config.MaxClockSkew when it is zero.
+const DefaultMaxClockSkew = 5 * time.Minute
 
 // DefaultQueueSize is the number of received messages that may wait for
 // decryption when Config.QueueSize is zero.
@@ -133,9 +137,21 @@ type Message struct {
 	OriginID string
 	// ArchiveID is the id of the MAM result, for archived messages.
 	ArchiveID string
-	// Delay is the XEP-0203 delay stamp (offline or archived messages),
-	// zero if there was none.
+	// Delay is the XEP-0203 delay stamp that the own server put on a
+	// message it stored (offline delivery) or archived, zero for live
+	// messages: a <delay> the sender wrote is ignored. It is metadata of
+	// the server, not authenticated.
 	Delay time.Time
+	// SentAt is the time the sender says it encrypted the message: the
+	// XEP-0420 <time> affix of an OMEMO 2 envelope, authenticated with the
+	// message (but read off the sender's clock); zero if the envelope has
+	// none, and for legacy OMEMO, which has no such field.
+	SentAt time.Time
+	// TimeMismatch reports that SentAt lies further than
+	// Config.MaxClockSkew from the sending time the stanza gives (Delay,
+	// or the arrival of a live message): a misconfigured clock, or an old
+	// message held back. XEP-0420 asks that the user be alerted.
+	TimeMismatch bool
 }
 
 // Handler receives decrypted messages.
@@ -208,7 +224,23 @@ type Config struct {
 	// Passthrough, if set, receives the message carbons and MAM results
 	// without OMEMO content: Handle owns those mux patterns, so they would
 	// otherwise be dropped. It is called in the Serve goroutine.
+	//
+	// It also receives, untouched and still encrypted, the MAM results of
+	// queries the plugin did not send (the application's own archive
+	// queries). The plugin checks nothing about those: the application
+	// knows which archive it asked (its account's, or a room's) and must
+	// check that the results come from it.
 	Passthrough mux.MessageHandler
+	// NetworkTimeout bounds every network call of the plugin and its
+	// session manager (each IQ, each sent stanza);
+	// session.DefaultNetworkTimeout if zero. A message whose sender must be
+	// looked up waits for it aside: other senders' messages go on.
+	NetworkTimeout time.Duration
+	// MaxClockSkew is the largest difference between the sender's signed
+	// sending time and the stanza's before a message is flagged with
+	// Message.TimeMismatch (DefaultMaxClockSkew if zero, never flagged if
+	// negative).
+	MaxClockSkew time.Duration
 	// Now is the clock and Rand the randomness source (tests only).
 	Now  func() time.Time
 	Rand io.Reader
@@ -257,10 +289,17 @@ type Plugin struct {
 	workCtx   context.Context
 	workStop  context.CancelFunc
 
-	mu         sync.Mutex
-	lastDigest [32]byte        // of the last stanza a message handler saw
-	refreshed  map[string]bool // device lists refreshed once by Send
-	queries    map[string]bool // MAM query ids of running CatchUps
+	// gate lets the message handlers read each stanza once, however
+	// many of its children they match.
+	gate muxgate.Gate
+	// netSlots bounds the receive worker's network jobs; netDone reports
+	// their ends to it (worker.go).
+	netSlots chan struct{}
+	netDone  chan networkDone
+
+	mu        sync.Mutex
+	refreshed map[string]bool // device lists refreshed once by Send
+	queries   map[string]bool // MAM query ids of running CatchUps
 }
 
 // New returns the plugin of s. It does no network work; register its
@@ -269,8 +308,12 @@ func New(s *xmpp.Session, cfg Config) (*Plugin, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil session", session.ErrInvalidConfig)
 	}
-	p, err := newPlugin(s.LocalAddr().Bare(), cfg, newNetwork(s), func(ctx context.Context, toks []xml.Token) error {
-		return sendDetached(ctx, s, toks)
+	timeout := cfg.NetworkTimeout
+	if timeout <= 0 {
+		timeout = session.DefaultNetworkTimeout
+	}
+	p, err := newPlugin(s.LocalAddr().Bare(), cfg, newNetwork(s, timeout), func(ctx context.Context, toks []xml.Token) error {
+		return sendDetached(ctx, s, toks, timeout)
 	})
 	if err != nil {
 		return nil, err
@@ -318,6 +361,15 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.NetworkTimeout == 0 {
+		cfg.NetworkTimeout = session.DefaultNetworkTimeout
+	}
+	if cfg.NetworkTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative network timeout", session.ErrInvalidConfig)
+	}
+	if cfg.MaxClockSkew == 0 {
+		cfg.MaxClockSkew = DefaultMaxClockSkew
+	}
 	workCtx, workStop := context.WithCancel(context.Background())
 	p := &Plugin{
 		own:       own,
@@ -332,6 +384,8 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 		workStop:  workStop,
 		refreshed: map[string]bool{},
 		queries:   map[string]bool{},
+		netSlots:  make(chan struct{}, maxNetworkJobs),
+		netDone:   make(chan networkDone),
 	}
 	go p.work()
 	return p, nil
@@ -429,21 +483,25 @@ func (p *Plugin) Start(ctx context.Context) error {
 		return ErrStarted
 	}
 	mgr, err := session.New(ctx, p.cfg.Store, p.net, session.Config{
-		JID:         p.own.String(),
-		Backends:    p.cfg.Backends,
-		Label:       p.cfg.Label,
-		Trust:       p.cfg.Trust,
-		Logger:      p.cfg.Logger,
-		OnError:     p.cfg.OnError,
-		StartSynced: !p.cfg.HistorySync,
-		Now:         p.cfg.Now,
-		Rand:        p.cfg.Rand,
+		JID:            p.own.String(),
+		Backends:       p.cfg.Backends,
+		Label:          p.cfg.Label,
+		Trust:          p.cfg.Trust,
+		Logger:         p.cfg.Logger,
+		OnError:        p.cfg.OnError,
+		StartSynced:    !p.cfg.HistorySync,
+		NetworkTimeout: p.cfg.NetworkTimeout,
+		Now:            p.cfg.Now,
+		Rand:           p.cfg.Rand,
 	})
 	if err != nil {
 		return err
 	}
 	if p.s != nil && !p.cfg.NoCarbons {
-		if err := carbons.Enable(ctx, p.s); err != nil {
+		cctx, cdone := bounded(ctx, p.cfg.NetworkTimeout)
+		err := carbons.Enable(cctx, p.s)
+		cdone()
+		if err != nil {
 			_ = mgr.Close()
 			return fmt.Errorf("omemo: enabling carbons: %w", err)
 		}

@@ -29,7 +29,7 @@ import (
 // device is one plugin on an in-memory server: its sent stanzas are
 // captured, received stanzas are fed to its mux by the test.
 type device struct {
-	t    *testing.T
+	t    testing.TB
 	p    *Plugin
 	m    *mux.ServeMux
 	full jid.JID
@@ -45,7 +45,13 @@ var (
 	legacyOnly = []backends.Factory{oldmemo.Factory}
 )
 
-func newDevice(t *testing.T, srv *sessiontest.Server, full string, bes []backends.Factory, start bool, mod ...func(*Config)) *device {
+func newDevice(t testing.TB, srv *sessiontest.Server, full string, bes []backends.Factory, start bool, mod ...func(*Config)) *device {
+	t.Helper()
+	return newDeviceOn(t, srv.Network(jid.MustParse(full).Bare().String()), full, bes, start, mod...)
+}
+
+// newDeviceOn is newDevice on a network of the test's making.
+func newDeviceOn(t testing.TB, net session.Network, full string, bes []backends.Factory, start bool, mod ...func(*Config)) *device {
 	t.Helper()
 	j := jid.MustParse(full)
 	d := &device{t: t, full: j}
@@ -61,7 +67,7 @@ func newDevice(t *testing.T, srv *sessiontest.Server, full string, bes []backend
 	for _, f := range mod {
 		f(&cfg)
 	}
-	p, err := newPlugin(j.Bare(), cfg, srv.Network(j.Bare().String()), func(_ context.Context, toks []xml.Token) error {
+	p, err := newPlugin(j.Bare(), cfg, net, func(_ context.Context, toks []xml.Token) error {
 		d.mu.Lock()
 		d.sent = append(d.sent, toks)
 		d.mu.Unlock()
@@ -125,7 +131,7 @@ func (d *device) send(to jid.JID, body string) string {
 
 // stamp serialises a stanza, adding from (as the server does) and the
 // jabber:client namespace.
-func stamp(t *testing.T, toks []xml.Token, from jid.JID) string {
+func stamp(t testing.TB, toks []xml.Token, from jid.JID) string {
 	t.Helper()
 	toks = append([]xml.Token(nil), toks...)
 	start := xml.CopyToken(toks[0]).(xml.StartElement)
@@ -138,7 +144,7 @@ func stamp(t *testing.T, toks []xml.Token, from jid.JID) string {
 	return encode(t, toks)
 }
 
-func encode(t *testing.T, toks []xml.Token) string {
+func encode(t testing.TB, toks []xml.Token) string {
 	t.Helper()
 	var b bytes.Buffer
 	e := xml.NewEncoder(&b)

@@ -2,23 +2,15 @@ package omemo
 
 import (
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
-	"mellium.im/omemo/backends"
 	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/encrypted"
-	"mellium.im/omemo/ns"
-	"mellium.im/omemo/pep"
-	"mellium.im/omemo/sce"
-	"mellium.im/omemo/session"
+	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/carbons"
 	"mellium.im/xmpp/jid"
@@ -91,40 +83,6 @@ func (e *elem) count(space, local string) int {
 	return n
 }
 
-// readStanza copies the whole element from r (the reader a mux message
-// handler gets, starting at <message>), within the limits above.
-func readStanza(r xml.TokenReader) ([]xml.Token, error) {
-	var toks []xml.Token
-	size := 0
-	for {
-		tok, err := r.Token()
-		if tok != nil {
-			if len(toks) >= maxStanzaTokens {
-				return nil, fmt.Errorf("%w: too many tokens", ErrMalformedStanza)
-			}
-			switch t := tok.(type) {
-			case xml.CharData:
-				size += len(t)
-			case xml.StartElement:
-				size += len(t.Name.Local) + len(t.Name.Space)
-				for _, a := range t.Attr {
-					size += len(a.Value) + len(a.Name.Local) + len(a.Name.Space)
-				}
-			}
-			if size > maxStanzaBytes {
-				return nil, fmt.Errorf("%w: stanza too large", ErrMalformedStanza)
-			}
-			toks = append(toks, xml.CopyToken(tok))
-		}
-		if err == io.EOF {
-			return toks, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrMalformedStanza, err)
-		}
-	}
-}
-
 // buildTree turns the tokens of one element into a tree.
 func buildTree(toks []xml.Token) (*elem, error) {
 	var root *elem
@@ -173,44 +131,6 @@ func buildTree(toks []xml.Token) (*elem, error) {
 	return root, nil
 }
 
-// digest identifies a stanza by its tokens. The mux calls a message
-// handler once per matching child element, with a reader that replays the
-// whole stanza, and the calls for one stanza follow each other in the
-// Serve goroutine: the digest of the last stanza seen lets every call but
-// the first return at once, so a message that carries both <encrypted>
-// elements (or any repeated child) is decrypted exactly once.
-func digest(kind string, toks []xml.Token) [32]byte {
-	h := sha256.New()
-	var n [8]byte
-	str := func(s string) {
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	str(kind)
-	for _, tok := range toks {
-		switch t := tok.(type) {
-		case xml.StartElement:
-			str("<")
-			str(t.Name.Space)
-			str(t.Name.Local)
-			for _, a := range t.Attr {
-				str(a.Name.Space)
-				str(a.Name.Local)
-				str(a.Value)
-			}
-		case xml.EndElement:
-			str(">")
-		case xml.CharData:
-			str("t")
-			str(string(t))
-		}
-	}
-	var d [32]byte
-	h.Sum(d[:0])
-	return d
-}
-
 // inbound is a received OMEMO message, copied out of the Serve goroutine.
 type inbound struct {
 	msg       stanza.Message // attributes of the (inner) message stanza
@@ -224,19 +144,18 @@ type inbound struct {
 	archived  bool
 }
 
-// job is one unit of work of the receive worker.
-type job struct {
-	in      *inbound
-	ev      *pep.Event
-	barrier chan struct{}
-}
-
-// kinds of received stanzas (also the digest domain).
+// kinds of received stanzas.
 const (
 	kindDirect  = "direct"
 	kindCarbon  = "carbon"
 	kindArchive = "archive"
 )
+
+// maxOMEMOChildren bounds the children of one stanza that the plugin's
+// handlers match (<encrypted> of each namespace, carbon wrappers, MAM
+// results). An honest stanza has at most one <encrypted> per namespace or
+// one wrapper; a stanza with more is rejected once, as a whole.
+const maxOMEMOChildren = 8
 
 type directHandler struct {
 	p         *Plugin
@@ -244,24 +163,24 @@ type directHandler struct {
 }
 
 // HandleMessage implements mux.MessageHandler. It never returns an error.
-func (h directHandler) HandleMessage(_ stanza.Message, t xmlstream.TokenReadEncoder) error {
-	h.p.receive(kindDirect, t)
+func (h directHandler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEncoder) error {
+	h.p.receive(msg, t)
 	return nil
 }
 
 type carbonHandler struct{ p *Plugin }
 
 // HandleMessage implements mux.MessageHandler. It never returns an error.
-func (h carbonHandler) HandleMessage(_ stanza.Message, t xmlstream.TokenReadEncoder) error {
-	h.p.receive(kindCarbon, t)
+func (h carbonHandler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEncoder) error {
+	h.p.receive(msg, t)
 	return nil
 }
 
 type archiveHandler struct{ p *Plugin }
 
 // HandleMessage implements mux.MessageHandler. It never returns an error.
-func (h archiveHandler) HandleMessage(_ stanza.Message, t xmlstream.TokenReadEncoder) error {
-	h.p.receive(kindArchive, t)
+func (h archiveHandler) HandleMessage(msg stanza.Message, t xmlstream.TokenReadEncoder) error {
+	h.p.receive(msg, t)
 	return nil
 }
 
@@ -271,10 +190,36 @@ func (p *Plugin) report(err error) {
 	p.cfg.OnError(err)
 }
 
+// kindOf returns the kind of child a handler registered by Handle receives
+// in a message of type typ, "" for children no handler of the plugin
+// receives. It mirrors the patterns Handle registers, so that the number
+// of calls the mux makes for a stanza is known after the first.
+func (p *Plugin) kindOf(typ stanza.MessageType, name xml.Name) string {
+	switch typ {
+	case stanza.ChatMessage, stanza.NormalMessage:
+	default:
+		return ""
+	}
+	switch {
+	case name.Local == "encrypted" && p.supports(name.Space):
+		return kindDirect
+	case name.Space == carbons.NS && (name.Local == "received" || name.Local == "sent"):
+		return kindCarbon
+	case typ == stanza.NormalMessage && name.Space == nsMAM && name.Local == "result":
+		return kindArchive
+	}
+	return ""
+}
+
 // receive runs in the Serve goroutine: it copies and parses the stanza,
 // checks its wrappers and queues it for decryption. It does no network
 // work, never blocks and never fails (errors go to OnError).
-func (p *Plugin) receive(kind string, t xmlstream.TokenReadEncoder) {
+//
+// The mux calls it once per matching child, each time with a reader that
+// replays the whole stanza: the first call handles the stanza whole (every
+// kind of OMEMO content in it, once) and the following calls for the same
+// stanza return after one token, so the work stays linear in its size.
+func (p *Plugin) receive(msg stanza.Message, t xmlstream.TokenReadEncoder) {
 	defer func() {
 		if r := recover(); r != nil {
 			p.report(fmt.Errorf("%w: internal error: %v", ErrMalformedStanza, r))
@@ -285,25 +230,51 @@ func (p *Plugin) receive(kind string, t xmlstream.TokenReadEncoder) {
 		return
 	default:
 	}
-	toks, err := readStanza(t)
-	if err != nil {
-		p.report(&DecryptError{Err: err})
+	tok, err := t.Token()
+	start, ok := tok.(xml.StartElement)
+	if err != nil || !ok {
+		p.report(&DecryptError{ID: msg.ID, Err: fmt.Errorf("%w: no stanza start", ErrMalformedStanza)})
 		return
 	}
-	d := digest(kind, toks)
-	p.mu.Lock()
-	dup := d == p.lastDigest
-	p.lastDigest = d
-	p.mu.Unlock()
-	if dup {
+	if p.gate.Repeat(start) {
+		return
+	}
+	kinds := map[string]bool{}
+	toks, calls, err := muxgate.Read(start, t, stanzaLimits, func(n xml.Name) bool {
+		k := p.kindOf(msg.Type, n)
+		if k != "" {
+			kinds[k] = true
+		}
+		return k != ""
+	})
+	p.gate.Handled(start, calls-1)
+	if err != nil {
+		p.report(&DecryptError{From: msg.From, ID: msg.ID, Err: fmt.Errorf("%w: %w", ErrMalformedStanza, err)})
+		return
+	}
+	if calls > maxOMEMOChildren {
+		p.report(&DecryptError{From: msg.From, ID: msg.ID, Err: fmt.Errorf("%w: %d OMEMO elements (at most %d)", ErrMalformedStanza, calls, maxOMEMOChildren)})
 		return
 	}
 	root, err := buildTree(toks)
 	if err != nil {
-		p.report(&DecryptError{Err: err})
+		p.report(&DecryptError{From: msg.From, ID: msg.ID, Err: err})
 		return
 	}
+	for _, kind := range []string{kindDirect, kindCarbon, kindArchive} {
+		if kinds[kind] {
+			p.receiveKind(kind, root, toks, t)
+		}
+	}
+}
+
+// stanzaLimits bound what receive copies of one stanza.
+var stanzaLimits = muxgate.Limits{Tokens: maxStanzaTokens, Bytes: maxStanzaBytes}
+
+// receiveKind queues the OMEMO content of one kind of a received stanza.
+func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstream.Encoder) {
 	var in *inbound
+	var err error
 	switch kind {
 	case kindDirect:
 		in, err = p.parseMessage(root)
@@ -378,10 +349,30 @@ func (p *Plugin) parseMessage(m *elem) (*inbound, error) {
 	if o := m.child(nsSID, "origin-id"); o != nil {
 		in.originID = o.attr("id")
 	}
-	if dl := m.child(nsDelay, "delay"); dl != nil {
-		in.delay, _ = time.Parse(time.RFC3339Nano, dl.attr("stamp"))
-	}
+	in.delay = p.serverDelay(m)
 	return in, nil
+}
+
+// serverDelay returns the XEP-0203 delay stamp that the own server added
+// to a message it stored for offline delivery (from its domain or the own
+// bare JID), zero if there is none. A <delay> from anyone else is the
+// sender's claim: servers pass it on untouched, so a live message could
+// otherwise pretend to be old. Senders can still copy the server's from;
+// Message.SentAt is the authenticated sending time.
+func (p *Plugin) serverDelay(m *elem) time.Time {
+	for _, c := range m.children {
+		if !c.is(nsDelay, "delay") {
+			continue
+		}
+		from := c.attr("from")
+		if from != p.own.Domainpart() && from != p.own.String() {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339Nano, c.attr("stamp")); err == nil {
+			return t
+		}
+	}
+	return time.Time{}
 }
 
 // jidAttr parses a JID attribute; absent is the zero JID.
@@ -499,102 +490,6 @@ func (p *Plugin) openArchive(root *elem) (*inbound, error) {
 	return in, nil
 }
 
-// enqueue hands a job to the worker without blocking.
-func (p *Plugin) enqueue(j job) {
-	select {
-	case <-p.closing:
-		return
-	default:
-	}
-	select {
-	case p.queue <- j:
-	default:
-		err := ErrQueueFull
-		if j.in != nil {
-			p.report(&DecryptError{From: j.in.msg.From, ID: j.in.msg.ID, Err: err})
-			return
-		}
-		p.report(err)
-	}
-}
-
-// handleEvent receives PEP notifications in the Serve goroutine and
-// queues the device list ones.
-func (p *Plugin) handleEvent(ev pep.Event) {
-	namespace := devicelist.NamespaceOfNode(ev.Node)
-	if namespace == "" || !p.supports(namespace) {
-		return
-	}
-	p.enqueue(job{ev: &ev})
-}
-
-// work is the receive worker: it waits for Start, then decrypts the
-// queued messages and applies device list notifications in order.
-func (p *Plugin) work() {
-	defer close(p.workDone)
-	// Nothing leaves the queue before Start, so that it holds exactly
-	// QueueSize messages meanwhile.
-	select {
-	case <-p.ready:
-	case <-p.closing:
-		return
-	}
-	for {
-		select {
-		case <-p.closing:
-			return
-		case j := <-p.queue:
-			if j.barrier != nil {
-				close(j.barrier)
-				continue
-			}
-			p.process(j)
-		}
-	}
-}
-
-func (p *Plugin) process(j job) {
-	defer func() {
-		if r := recover(); r != nil {
-			p.report(fmt.Errorf("omemo: internal error in receive worker: %v", r))
-		}
-	}()
-	switch {
-	case j.ev != nil:
-		p.applyEvent(j.ev)
-	case j.in != nil:
-		if m, ok := p.decrypt(j.in); ok {
-			if h := p.currentHandler(); h != nil {
-				h.HandleOMEMO(m)
-			}
-		}
-	}
-}
-
-// applyEvent feeds a device list notification to the session manager.
-// The list belongs to the account that sent the notification (the zero
-// JID is the own account); an item without a usable list makes the
-// manager fetch it.
-func (p *Plugin) applyEvent(ev *pep.Event) {
-	owner := ev.From.Bare()
-	if owner.Equal(jid.JID{}) {
-		owner = p.own
-	}
-	namespace, l, ok, err := devicelist.FromEvent(*ev)
-	if !ok {
-		return
-	}
-	ctx := p.workCtx
-	if err != nil {
-		err = p.mgr.RefreshDeviceList(ctx, namespace, owner.String())
-	} else {
-		err = p.mgr.UpdateDeviceList(ctx, owner.String(), l)
-	}
-	if err != nil && ctx.Err() == nil {
-		p.report(fmt.Errorf("omemo: device list of %s: %w", owner, err))
-	}
-}
-
 // choose picks the element to decrypt: the first (in backend priority
 // order) that carries a key for this device, else the first one.
 func (in *inbound) choose(own string, dev uint32) *encrypted.Encrypted {
@@ -604,96 +499,6 @@ func (in *inbound) choose(own string, dev uint32) *encrypted.Encrypted {
 		}
 	}
 	return in.encs[0]
-}
-
-// decrypt decrypts a queued message and checks it. ok is false when the
-// message is dropped: rejected (reported to OnError) or empty.
-func (p *Plugin) decrypt(in *inbound) (Message, bool) {
-	mgr := p.mgr
-	ctx := p.workCtx
-	own := p.own.String()
-	enc := in.choose(own, mgr.DeviceID())
-	fail := func(err error) (Message, bool) {
-		p.report(&DecryptError{From: in.msg.From, ID: in.msg.ID, Namespace: enc.Namespace, Err: err})
-		return Message{}, false
-	}
-	sender := in.sender.String()
-	if sender == own && enc.SID == mgr.DeviceID() {
-		// Our own message, echoed back by the archive.
-		return Message{}, false
-	}
-	dec, err := mgr.Decrypt(ctx, sender, enc)
-	if err != nil {
-		if ctx.Err() != nil {
-			return Message{}, false
-		}
-		dup := errors.Is(err, backends.ErrDuplicateMessage)
-		notForUs := errors.Is(err, session.ErrMessageNotForUs)
-		// Nothing is lost when an archived or offline message was
-		// already received (the archive and offline storage overlap with
-		// live delivery), an archived message was sent before this
-		// device existed, or a key transport message is for another
-		// device of the account (they go to the bare JID, so every
-		// device sees them).
-		if dup && (in.archived || !in.delay.IsZero() || enc.Payload == nil) ||
-			notForUs && (in.archived || enc.Payload == nil) {
-			p.cfg.Logger.Debug("omemo: skipping message", "id", in.msg.ID, "from", in.msg.From.String(), "err", err)
-			return Message{}, false
-		}
-		return fail(err)
-	}
-	if dec.Empty {
-		// Key transport: consumed by the session manager.
-		return Message{}, false
-	}
-	out := Message{
-		Message:      in.msg,
-		SenderDevice: enc.SID,
-		IdentityKey:  dec.Sender.IdentityKey,
-		Namespace:    dec.Namespace,
-		Trust:        dec.Sender.Level,
-		TrustLevel:   dec.Sender.Trust,
-		KeyExchange:  dec.KeyExchange,
-		Carbon:       in.carbon,
-		Sent:         in.sent,
-		Archived:     in.archived,
-		OriginID:     in.originID,
-		ArchiveID:    in.archiveID,
-		Delay:        in.delay,
-	}
-	if out.From.Equal(jid.JID{}) {
-		out.From = in.sender
-	}
-	switch dec.Namespace {
-	case ns.OMEMO2:
-		env, err := sce.Parse(dec.Plaintext)
-		if err != nil {
-			return fail(err)
-		}
-		to := in.msg.To.Bare()
-		if to.Equal(jid.JID{}) {
-			to = p.own
-		}
-		policy := sce.Policy{RequireRPad: true, RequireFrom: p.cfg.RequireAffixes, RequireTo: p.cfg.RequireAffixes}
-		if err := env.Check(policy, in.sender, to); err != nil {
-			return fail(err)
-		}
-		if len(env.Dropped) > 0 {
-			p.cfg.Logger.Debug("omemo: dropped server-processed elements from the envelope", "id", in.msg.ID, "from", in.sender.String(), "elements", len(env.Dropped))
-		}
-		body, err := bodyOf(env.ContentTokens())
-		if err != nil {
-			return fail(err)
-		}
-		out.Body = body
-		out.Payload = bytes.Clone(env.Content)
-	case ns.Legacy:
-		out.Body = strings.ToValidUTF8(string(dec.Plaintext), "\uFFFD")
-		out.Payload = legacyPayload(out.Body)
-	default:
-		return fail(fmt.Errorf("%w: %s", session.ErrUnknownNamespace, dec.Namespace))
-	}
-	return out, true
 }
 
 // bodyOf returns the text of the first top-level <body xmlns='jabber:client'>
@@ -736,25 +541,4 @@ func legacyPayload(body string) []byte {
 	_ = xml.EscapeText(&b, []byte(body))
 	b.WriteString(`</body>`)
 	return b.Bytes()
-}
-
-// barrier waits until the worker has processed everything queued before
-// the call.
-func (p *Plugin) barrier(ctx context.Context) error {
-	done := make(chan struct{})
-	select {
-	case p.queue <- job{barrier: done}:
-	case <-p.closing:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case <-done:
-		return nil
-	case <-p.closing:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

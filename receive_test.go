@@ -271,3 +271,36 @@ func TestDeviceListEvent(t *testing.T) {
 		t.Fatalf("errors: %v", errs)
 	}
 }
+
+// MAM results of queries the plugin did not send (the application's own
+// archive queries, of its account or of a room) are never decrypted or
+// handed to the Handler, whoever sent them: they go to Config.Passthrough
+// untouched, still encrypted, and the application, which knows which
+// archive it asked, checks their from. The plugin cannot: a room's archive
+// legitimately answers from the room's JID.
+func TestForeignArchiveResults(t *testing.T) {
+	srv := sessiontest.NewServer()
+	pt := &passthrough{}
+	alice := newDevice(t, srv, "alice@example.org/a", both, true)
+	bob := newDevice(t, srv, "bob@example.org/b", both, true, func(c *Config) { c.Passthrough = pt })
+	raw := alice.send(bob.full.Bare(), "archived")
+	for _, from := range []string{"", "bob@example.org", "mallory@evil.example", "room@conference.example.org"} {
+		bob.deliver(archived(from, bob.full.String(), "app-query", raw))
+		if msgs, errs := bob.take(); len(msgs) != 0 || len(errs) != 0 {
+			t.Fatalf("from %q: %+v %v", from, msgs, errs)
+		}
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if len(pt.msgs) != 4 {
+		t.Fatalf("passthrough got %v, want the 4 results", pt.msgs)
+	}
+	// The message is still unread: the plugin's own catch-up decrypts it.
+	bob.p.mu.Lock()
+	bob.p.queries["q"] = true
+	bob.p.mu.Unlock()
+	bob.deliver(archived("", bob.full.String(), "q", raw))
+	if msgs, errs := bob.take(); len(msgs) != 1 || msgs[0].Body != "archived" || len(errs) != 0 {
+		t.Fatalf("own query: %+v %v", msgs, errs)
+	}
+}

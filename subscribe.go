@@ -31,7 +31,10 @@ func (p *Plugin) Subscribe(ctx context.Context, contact jid.JID) error {
 	bare := contact.Bare()
 	var errs []error
 	for _, ns := range mgr.Namespaces() {
-		if err := pep.Subscribe(ctx, p.s, bare, devicelist.Node(ns)); err != nil {
+		sctx, sdone := bounded(ctx, p.cfg.NetworkTimeout)
+		err := pep.Subscribe(sctx, p.s, bare, devicelist.Node(ns))
+		sdone()
+		if err != nil {
 			errs = append(errs, fmt.Errorf("omemo: subscribing to the %s device list of %s: %w", ns, bare, err))
 		}
 		if err := mgr.RefreshDeviceList(ctx, ns, bare.String()); err != nil {

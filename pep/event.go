@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"errors"
 
+	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/mux"
@@ -150,21 +151,46 @@ func HandleEvents(f func(Event)) mux.Option {
 	if f == nil {
 		panic("pep: nil event callback")
 	}
-	h := eventHandler{f: f}
 	name := xml.Name{Space: pubsub.NSEvent, Local: "event"}
 	return func(m *mux.ServeMux) {
+		h := &eventHandler{f: f}
 		mux.Message(stanza.HeadlineMessage, name, h)(m)
 		mux.Message(stanza.NormalMessage, name, h)(m)
 	}
 }
 
+// eventHandler parses each notification once: the mux calls it once per
+// <event> child, each time with the whole stanza (see internal/muxgate).
 type eventHandler struct {
-	f func(Event)
+	f    func(Event)
+	gate muxgate.Gate
 }
 
+// eventLimits bound what the handler copies of one notification.
+var eventLimits = muxgate.Limits{Tokens: maxTokens, Bytes: maxEventBytes}
+
 // HandleMessage implements mux.MessageHandler.
-func (h eventHandler) HandleMessage(_ stanza.Message, t xmlstream.TokenReadEncoder) error {
-	ev, err := ParseEvent(t)
+func (h *eventHandler) HandleMessage(_ stanza.Message, t xmlstream.TokenReadEncoder) error {
+	tok, err := t.Token()
+	start, ok := tok.(xml.StartElement)
+	if err != nil || !ok {
+		return nil
+	}
+	if h.gate.Repeat(start) {
+		return nil
+	}
+	toks, calls, err := muxgate.Read(start, t, eventLimits, func(n xml.Name) bool {
+		return n.Space == pubsub.NSEvent && n.Local == "event"
+	})
+	h.gate.Handled(start, calls-1)
+	if err != nil {
+		return nil
+	}
+	root, err := buildTree(toks)
+	if err != nil {
+		return nil
+	}
+	ev, err := parseEventMessage(root)
 	if err != nil {
 		return nil
 	}

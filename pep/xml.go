@@ -14,8 +14,9 @@ import (
 // stanza by default); these bound what a misbehaving peer or a custom token
 // reader can make us hold.
 const (
-	maxTokens    = 1 << 18 // tokens per stanza
-	maxTextBytes = 1024    // bytes of an error <text/> kept
+	maxTokens     = 1 << 18 // tokens per stanza
+	maxEventBytes = 4 << 20 // names, attributes and text of a notification
+	maxTextBytes  = 1024    // bytes of an error <text/> kept
 )
 
 const (

@@ -1,0 +1,6 @@
+//go:build race
+
+package omemo
+
+// raceSlowdown scales timing limits under the race detector.
+const raceSlowdown = 10
