@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"mellium.im/omemo/backends"
 	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/session/sessiontest"
@@ -37,6 +38,17 @@ func activeIDs(t *testing.T, d *device, jid, namespace string) []uint32 {
 	return out
 }
 
+var namespaceCases = []struct{ name, ns string }{{"OMEMO 2", ns.OMEMO2}, {"legacy", ns.Legacy}}
+
+// backendsFor returns the backends of a device that speaks namespace
+// (OMEMO 2 devices speak legacy OMEMO too).
+func backendsFor(namespace string) []backends.Factory {
+	if namespace == ns.Legacy {
+		return legacyOnly
+	}
+	return both
+}
+
 func publishedIDs(srv *sessiontest.Server, namespace, jid string) []uint32 {
 	var out []uint32
 	for _, d := range srv.DeviceList(namespace, jid).Devices {
@@ -50,16 +62,9 @@ func publishedIDs(srv *sessiontest.Server, namespace, jid string) []uint32 {
 // retraction of the list's item counts, and then the list is fetched again
 // instead of being assumed empty.
 func TestContactListRetraction(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ns   string
-	}{{"OMEMO 2", ns.OMEMO2}, {"legacy", ns.Legacy}} {
+	for _, tc := range namespaceCases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := sessiontest.NewServer()
-			bes := both
-			if tc.ns == ns.Legacy {
-				bes = legacyOnly
-			}
+			srv, bes := sessiontest.NewServer(), backendsFor(tc.ns)
 			bob := newDevice(t, srv, "bob@example.org/b", bes, true)
 			carol := newDevice(t, srv, "carol@example.org/c", bes, true)
 			carolID := carol.p.Manager().DeviceID()
@@ -94,16 +99,9 @@ func TestContactListRetraction(t *testing.T) {
 // retraction: not for a retraction of another item, not for one of the
 // list, not even when the server lost the list.
 func TestOwnListRetraction(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		ns   string
-	}{{"OMEMO 2", ns.OMEMO2}, {"legacy", ns.Legacy}} {
+	for _, tc := range namespaceCases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := sessiontest.NewServer()
-			bes := both
-			if tc.ns == ns.Legacy {
-				bes = legacyOnly
-			}
+			srv, bes := sessiontest.NewServer(), backendsFor(tc.ns)
 			b2 := newDevice(t, srv, "bob@example.org/b2", bes, true)
 			b1 := newDevice(t, srv, "bob@example.org/b", bes, true)
 			want := []uint32{b1.p.Manager().DeviceID(), b2.p.Manager().DeviceID()}

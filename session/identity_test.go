@@ -58,6 +58,35 @@ func wantMismatch(t *testing.T, err error, ns, jid string, dev uint32, stored, p
 	}
 }
 
+// aliceBobMallory starts three accounts with one backend; Alice and Bob
+// know each other's devices.
+func aliceBobMallory(t *testing.T, f backends.Factory) (srv *sessiontest.Server, alice, bob, mallory *client) {
+	t.Helper()
+	srv = sessiontest.NewServer()
+	alice = newClient(t, srv, "alice@example.org", f)
+	bob = newClient(t, srv, "bob@example.org", f)
+	mallory = newClient(t, srv, "mallory@example.org", f)
+	for _, c := range []*client{alice, bob} {
+		for _, o := range []*client{alice, bob} {
+			if err := c.m.RefreshDeviceLists(context.Background(), o.jid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return srv, alice, bob, mallory
+}
+
+// claimDevice makes mallory announce victim's device id with victim's
+// bundle (both public), as an account out to have victim's messages
+// attributed to it would.
+func claimDevice(srv *sessiontest.Server, ns string, victim, mallory *client) {
+	l := srv.DeviceList(ns, mallory.jid)
+	l.Devices = append(l.Devices, devicelist.Device{ID: victim.m.DeviceID()})
+	srv.SetDeviceList(mallory.jid, l)
+	b, _ := srv.Bundle(ns, victim.jid, victim.m.DeviceID())
+	srv.SetBundle(mallory.jid, victim.m.DeviceID(), b)
+}
+
 var singleBackends = []struct {
 	name string
 	f    backends.Factory
@@ -198,17 +227,7 @@ func TestReplaceSessionRefusesForgedBundle(t *testing.T) {
 	for _, be := range singleBackends {
 		t.Run(be.name, func(t *testing.T) {
 			ctx := context.Background()
-			srv := sessiontest.NewServer()
-			alice := newClient(t, srv, "alice@example.org", be.f)
-			bob := newClient(t, srv, "bob@example.org", be.f)
-			mallory := newClient(t, srv, "mallory@example.org", be.f)
-			for _, c := range []*client{alice, bob} {
-				for _, o := range []*client{alice, bob} {
-					if err := c.m.RefreshDeviceLists(ctx, o.jid); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
+			srv, alice, bob, mallory := aliceBobMallory(t, be.f)
 			send(t, srv, alice, "one", bob.jid)
 			if got := deliverAll(t, srv, bob); len(got) != 1 {
 				t.Fatalf("bob got %q", got)
@@ -258,25 +277,11 @@ func TestIdentityKeyOfAnotherAccount(t *testing.T) {
 	for _, be := range singleBackends {
 		t.Run(be.name, func(t *testing.T) {
 			ctx := context.Background()
-			srv := sessiontest.NewServer()
-			alice := newClient(t, srv, "alice@example.org", be.f)
-			bob := newClient(t, srv, "bob@example.org", be.f)
-			mallory := newClient(t, srv, "mallory@example.org", be.f)
-			for _, c := range []*client{alice, bob} {
-				for _, o := range []*client{alice, bob} {
-					if err := c.m.RefreshDeviceLists(ctx, o.jid); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
+			srv, alice, bob, mallory := aliceBobMallory(t, be.f)
 			deviceOf(t, alice, bob.jid, bob.m.DeviceID())
 
 			// Mallory announces Bob's device as hers.
-			l := srv.DeviceList(be.f.Namespace, mallory.jid)
-			l.Devices = append(l.Devices, devicelist.Device{ID: bob.m.DeviceID()})
-			srv.SetDeviceList(mallory.jid, l)
-			b, _ := srv.Bundle(be.f.Namespace, bob.jid, bob.m.DeviceID())
-			srv.SetBundle(mallory.jid, bob.m.DeviceID(), b)
+			claimDevice(srv, be.f.Namespace, bob, mallory)
 
 			send(t, srv, bob, "from bob", alice.jid)
 			in := srv.Inbox(alice.jid)
@@ -343,11 +348,7 @@ func TestIdentityOwnersOfOlderStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	l := srv.DeviceList(twomemo.Namespace, mallory.jid)
-	l.Devices = append(l.Devices, devicelist.Device{ID: bob.m.DeviceID()})
-	srv.SetDeviceList(mallory.jid, l)
-	b, _ := srv.Bundle(twomemo.Namespace, bob.jid, bob.m.DeviceID())
-	srv.SetBundle(mallory.jid, bob.m.DeviceID(), b)
+	claimDevice(srv, twomemo.Namespace, bob, mallory)
 	if err := m.RefreshDeviceLists(ctx, mallory.jid); err != nil {
 		t.Fatal(err)
 	}
