@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,20 @@ type Bolt struct {
 // It fails with ErrLocked if the file stays locked for longer than
 // opts.LockTimeout, ErrVersion if the file was written by a newer version of
 // this package, and ErrCorrupt if the file is not a valid store.
+//
+// Before bbolt maps the file, Open locks it and checks its structure: both
+// meta pages, and the freelist and every page of every bucket reachable
+// from the meta page bbolt will use, so that no later read can fault or
+// trip one of bbolt's assertions. That reads every page in use once (about
+// 1 ms for a store of 3.5 MB). A truncated or damaged file is refused with
+// an error wrapping ErrCorrupt that says what is wrong, and Open leaves it
+// untouched (it neither repairs nor reinitialises it), also when opening
+// read-write. As in bbolt, a damaged newest meta page is not an error if
+// the previous one is intact: the store then opens at the state of the
+// transaction before the last one, which is what a crash while writing the
+// meta page leaves. Values carry no checksum, so damage inside a value is
+// not detected. An empty file is initialised as a new store, like a missing
+// one (read-only, it is refused).
 func Open(path string, opts *Options) (*Bolt, error) {
 	var o Options
 	if opts != nil {
@@ -101,12 +116,15 @@ func Open(path string, opts *Options) (*Bolt, error) {
 		// give up after the first attempt.
 		timeout = -1
 	}
+	var opened *os.File
 	bopts := &bolt.Options{
 		Timeout:  timeout,
 		ReadOnly: o.ReadOnly,
 		NoSync:   o.NoSync,
 		OpenFile: func(name string, flag int, _ os.FileMode) (*os.File, error) {
-			return openFile(name, flag, o.ReadOnly)
+			f, err := openFile(name, flag, o.ReadOnly, timeout)
+			opened = f
+			return f, err
 		},
 		// Map 1 MiB up front (bbolt starts at 32 KiB and doubles). Growing
 		// the mapping must wait for every open read transaction, so a
@@ -116,7 +134,7 @@ func Open(path string, opts *Options) (*Bolt, error) {
 		// few pages.
 		InitialMmapSize: initialMmapSize,
 	}
-	db, err := bolt.Open(path, FileMode, bopts)
+	db, err := openBolt(path, bopts, &opened)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, mapOpenError(err))
 	}
@@ -129,29 +147,60 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	return b, nil
 }
 
-// openFile opens the store file and, when opening read-write, removes any
-// group or other permission bits from an existing file (on the descriptor,
-// so there is no race with a rename of the path).
-func openFile(name string, flag int, readOnly bool) (*os.File, error) {
+// openBolt is bolt.Open behind a guard. The file was validated by openFile,
+// so bbolt should not panic or fault while opening it; if it does anyway,
+// the descriptor (and with it the lock) is released and the error wraps
+// ErrCorrupt.
+func openBolt(path string, bopts *bolt.Options, opened **os.File) (db *bolt.DB, err error) {
+	defer func() {
+		if err != nil && db == nil && *opened != nil {
+			// bbolt closes the file on its own error paths; this only
+			// matters after a panic, and a second Close is harmless.
+			_ = (*opened).Close()
+		}
+	}()
+	defer guard(&err, trap())
+	return bolt.Open(path, FileMode, bopts)
+}
+
+// openFile opens the store file for bbolt, takes bbolt's lock on it, and
+// validates it (see validateFile) before bbolt maps it, so that no other
+// process can change it in between. Only then, when opening read-write, does
+// it remove any group or other permission bits from an existing file (on the
+// descriptor, so there is no race with a rename of the path).
+func openFile(name string, flag int, readOnly bool, lockTimeout time.Duration) (_ *os.File, err error) {
 	f, err := os.OpenFile(name, flag, FileMode)
 	if err != nil {
 		return nil, err
 	}
-	if readOnly || runtime.GOOS == "windows" {
-		return f, nil
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
+	defer func() {
+		if err != nil {
+			// Also releases the lock.
+			f.Close()
+		}
+	}()
+	if fi, err := f.Stat(); err != nil {
 		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
+	} else if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: not a regular file", ErrCorrupt)
 	}
-	if fi.Mode().Perm()&^FileMode != 0 {
+	if err := lockFile(f, !readOnly, lockTimeout); err != nil {
+		return nil, err
+	}
+	// The size that counts is the one under the lock.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	info, err := validateFile(f, fi.Size())
+	if err != nil {
+		return nil, err
+	}
+	if info.empty && readOnly {
+		return nil, fmt.Errorf("%w: empty file: the store was never initialised", ErrCorrupt)
+	}
+	if !readOnly && runtime.GOOS != "windows" && fi.Mode().Perm()&^FileMode != 0 {
 		if err := f.Chmod(FileMode); err != nil {
-			f.Close()
 			return nil, err
 		}
 	}
@@ -171,18 +220,24 @@ func mapOpenError(err error) error {
 	return err
 }
 
-// readFormat checks the meta bucket. fresh reports a bbolt file with no
-// buckets at all (just created).
+// readFormat checks the meta bucket. fresh reports a bbolt file that was
+// just created: no buckets at all, and no transaction committed since bbolt
+// wrote its two initial meta pages (transactions 0 and 1). A store that
+// lost its buckets after that is damaged, not new, and must not be
+// initialised over.
 func readFormat(tx *bolt.Tx) (version uint64, fresh bool, err error) {
 	meta := tx.Bucket(metaBucket)
 	if meta == nil {
-		empty := true
 		c := tx.Cursor()
 		if k, _ := c.First(); k != nil {
-			empty = false
-		}
-		if !empty {
 			return 0, false, fmt.Errorf("%w: no meta bucket", ErrCorrupt)
+		}
+		committed := tx.ID()
+		if tx.Writable() {
+			committed--
+		}
+		if committed > 1 {
+			return 0, false, fmt.Errorf("%w: no buckets in a file written by %d transactions", ErrCorrupt, committed-1)
 		}
 		return 0, true, nil
 	}
@@ -212,7 +267,7 @@ func putVersion(meta *bolt.Bucket, v uint64) error {
 // prepare initialises a fresh file or checks (and, if writable, migrates) an
 // existing one to version target using the migrations in table.
 func prepare(db *bolt.DB, readOnly bool, target uint64, table map[uint64]migration) (err error) {
-	defer guard(&err)
+	defer guard(&err, trap())
 	var (
 		version uint64
 		fresh   bool
@@ -271,12 +326,25 @@ func prepare(db *bolt.DB, readOnly bool, target uint64, table map[uint64]migrati
 
 // guard turns a panic inside bbolt (which asserts on damaged pages) into
 // ErrCorrupt. It must only wrap bbolt calls, never user callbacks, whose
-// panics must propagate.
-func guard(err *error) {
+// panics must propagate. Use it as
+//
+//	defer guard(&err, trap())
+//
+// so that a memory fault in the mapped file also becomes a panic while the
+// guarded code runs.
+func guard(err *error, prevTrap bool) {
+	debug.SetPanicOnFault(prevTrap)
 	if r := recover(); r != nil {
 		*err = fmt.Errorf("%w: internal error: %v", ErrCorrupt, r)
 	}
 }
+
+// trap makes a memory fault in this goroutine panic instead of killing the
+// process, and returns the previous setting for guard to restore. Open's
+// validation makes faults impossible in a file that does not change; this
+// covers a file that is truncated or rewritten under an open store by a
+// process that ignores its lock.
+func trap() bool { return debug.SetPanicOnFault(true) }
 
 // Path returns the file name of the store.
 func (b *Bolt) Path() string { return b.db.Path() }
@@ -299,13 +367,13 @@ func (b *Bolt) View(ctx context.Context, f func(Tx) error) error {
 	if err != nil {
 		return err
 	}
-	tx := &boltTx{bkt: btx.Bucket(dataBucket)}
+	tx := &boltTx{}
 	defer func() {
 		tx.done = true
 		_ = btx.Rollback()
 	}()
-	if tx.bkt == nil {
-		return fmt.Errorf("%w: no data bucket", ErrCorrupt)
+	if tx.bkt, err = data(btx); err != nil {
+		return err
 	}
 	return f(tx)
 }
@@ -334,7 +402,7 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 	if err != nil {
 		return err
 	}
-	tx := &boltTx{txState: txState{writable: true}, bkt: btx.Bucket(dataBucket)}
+	tx := &boltTx{txState: txState{writable: true}}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -345,8 +413,8 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 			b.rollbacks.Add(1)
 		}
 	}()
-	if tx.bkt == nil {
-		return fmt.Errorf("%w: no data bucket", ErrCorrupt)
+	if tx.bkt, err = data(btx); err != nil {
+		return err
 	}
 	if err := f(tx); err != nil {
 		return err
@@ -362,13 +430,22 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 	return nil
 }
 
+// data returns the data bucket of btx.
+func data(btx *bolt.Tx) (bkt *bolt.Bucket, err error) {
+	defer guard(&err, trap())
+	if bkt = btx.Bucket(dataBucket); bkt == nil {
+		return nil, fmt.Errorf("%w: no data bucket", ErrCorrupt)
+	}
+	return bkt, nil
+}
+
 func commit(btx *bolt.Tx) (err error) {
-	defer guard(&err)
+	defer guard(&err, trap())
 	return btx.Commit()
 }
 
 func (b *Bolt) begin(writable bool) (btx *bolt.Tx, err error) {
-	defer guard(&err)
+	defer guard(&err, trap())
 	btx, err = b.db.Begin(writable)
 	switch {
 	case err == nil:
@@ -418,6 +495,11 @@ func (b *Bolt) Check(ctx context.Context) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(errs...))
 	}
+	return checkFormat(btx)
+}
+
+func checkFormat(btx *bolt.Tx) (err error) {
+	defer guard(&err, trap())
 	_, _, err = readFormat(btx)
 	return err
 }
@@ -434,7 +516,7 @@ func (tx *boltTx) Get(key string) (v []byte, err error) {
 	if err := checkKey(key); err != nil {
 		return nil, err
 	}
-	defer guard(&err)
+	defer guard(&err, trap())
 	// Seek rather than Bucket.Get so that an empty value is told apart from
 	// a missing key whatever bbolt returns for zero-length values.
 	k, val := tx.bkt.Cursor().Seek([]byte(key))
@@ -454,7 +536,7 @@ func (tx *boltTx) Put(key string, value []byte) (err error) {
 	if err := checkValue(value); err != nil {
 		return err
 	}
-	defer guard(&err)
+	defer guard(&err, trap())
 	// bbolt keeps references to key and value until commit, so give it
 	// private copies.
 	return tx.bkt.Put([]byte(key), clone(value))
@@ -467,15 +549,20 @@ func (tx *boltTx) Delete(key string) (err error) {
 	if err := checkKey(key); err != nil {
 		return err
 	}
-	defer guard(&err)
+	defer guard(&err, trap())
 	return tx.bkt.Delete([]byte(key))
 }
 
-// step runs one cursor movement, converting a bbolt panic into ErrCorrupt.
-func step(move func() ([]byte, []byte)) (k, v []byte, err error) {
-	defer guard(&err)
-	k, v = move()
-	return k, v, nil
+// step runs one cursor movement and copies out the entry it reaches if
+// that has the prefix (ok), converting a bbolt panic into ErrCorrupt. The
+// copies are made here, under the guard, because they read the mapped file.
+func step(move func() ([]byte, []byte), prefix []byte) (key string, value []byte, ok bool, err error) {
+	defer guard(&err, trap())
+	k, v := move()
+	if k == nil || !bytes.HasPrefix(k, prefix) {
+		return "", nil, false, nil
+	}
+	return string(k), clone(v), true, nil
 }
 
 func (tx *boltTx) Scan(prefix string, f func(key string, value []byte) error) error {
@@ -486,9 +573,9 @@ func (tx *boltTx) Scan(prefix string, f func(key string, value []byte) error) er
 	defer func() { tx.scanning-- }()
 	p := []byte(prefix)
 	c := tx.bkt.Cursor()
-	k, v, err := step(func() ([]byte, []byte) { return c.Seek(p) })
-	for ; err == nil && k != nil && bytes.HasPrefix(k, p); k, v, err = step(c.Next) {
-		if err := f(string(k), clone(v)); err != nil {
+	k, v, ok, err := step(func() ([]byte, []byte) { return c.Seek(p) }, p)
+	for ; err == nil && ok; k, v, ok, err = step(c.Next, p) {
+		if err := f(k, v); err != nil {
 			if errors.Is(err, ErrStopScan) {
 				return nil
 			}
@@ -502,7 +589,7 @@ func (tx *boltTx) DeletePrefix(prefix string) (err error) {
 	if err := tx.writeable(); err != nil {
 		return err
 	}
-	defer guard(&err)
+	defer guard(&err, trap())
 	p := []byte(prefix)
 	// Collect first: deleting while iterating a bbolt cursor can skip keys.
 	var keys [][]byte

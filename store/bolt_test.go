@@ -270,8 +270,8 @@ func TestBoltCorrupt(t *testing.T) {
 	if err := os.WriteFile(short, []byte("not a database"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(short, nil); err == nil {
-		t.Fatal("Open of a short non-database file succeeded")
+	if _, err := Open(short, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open of a short non-database file = %v, want ErrCorrupt", err)
 	}
 
 	// A bbolt file that belongs to someone else.
@@ -326,6 +326,20 @@ func TestBoltFileMode(t *testing.T) {
 	}
 	if _, err := Open(dir, nil); err == nil {
 		t.Fatal("Open of a directory succeeded")
+	}
+	// A refused file is left entirely as it was, permissions included.
+	bad := filepath.Join(dir, "bad.db")
+	if err := os.WriteFile(bad, []byte("not a store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(bad, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open of a bad file = %v, want ErrCorrupt", err)
+	}
+	if fi, _ := os.Stat(bad); fi.Mode().Perm() != 0o644 {
+		t.Fatalf("refused file has mode %v, want it left at 0644", fi.Mode().Perm())
 	}
 }
 

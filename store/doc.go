@@ -42,7 +42,10 @@
 //   - its copy-on-write B+tree never overwrites live pages and keeps two
 //     checksummed meta pages, so a write interrupted at any point (SIGKILL,
 //     power loss) leaves the previous committed state intact, with no
-//     journal to replay and no recovery step on the next open;
+//     journal to replay and no recovery step on the next open (Open only
+//     checks the file's structure before bbolt maps it, so that a damaged
+//     or truncated file is refused with [ErrCorrupt] instead of crashing
+//     the process: about 1 ms per 3.5 MB);
 //   - it takes an exclusive flock on the file, so two processes (or two
 //     opens in one process) cannot use the same store at the same time and
 //     corrupt each other's state; a second [Open] fails with [ErrLocked]

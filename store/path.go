@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"mellium.im/xmpp/jid"
@@ -15,6 +16,10 @@ import (
 // ErrInvalidAccount is returned by DefaultPath for an account that is not a
 // valid JID.
 var ErrInvalidAccount = errors.New("store: invalid account JID")
+
+// ErrInsecureDir is returned by DefaultPath when the store directory
+// belongs to another user or its permissions cannot be restricted.
+var ErrInsecureDir = errors.New("store: insecure store directory")
 
 // DirMode is the permission of the directories created by DefaultPath.
 const DirMode os.FileMode = 0o700
@@ -28,6 +33,16 @@ const maxNameLen = 160
 // ~/.config/omemo/alice@example.org.db on Linux). It creates the directory
 // with permissions 0700 if it does not exist; [Open] creates the file with
 // permissions 0600.
+//
+// The directory holds the private keys of every account and belongs to this
+// package, so DefaultPath also secures an existing one (on Unix): it fails
+// with ErrInsecureDir if the directory belongs to another user, and removes
+// any group and other permissions from it (0755 or 0777 become 0700), as
+// another user who can write to it can replace or delete a store file (and
+// with it the device's identity), and one who can read it can list the
+// accounts. It does not touch os.UserConfigDir() itself. A store at another
+// path (given to Open) is in a directory of the caller's choice, which is
+// left as it is.
 //
 // account is parsed and normalised as a JID (so "Alice@Example.ORG/phone"
 // and "alice@example.org" share a file) and only its bare part is used. The
@@ -53,7 +68,35 @@ func DefaultPath(account string) (string, error) {
 	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return "", fmt.Errorf("store: creating %s: %w", dir, err)
 	}
+	if err := secureDir(dir, os.Geteuid()); err != nil {
+		return "", err
+	}
 	return filepath.Join(dir, fileName(bare)), nil
+}
+
+// secureDir checks that dir belongs to the user euid and removes its group
+// and other permissions. Where permissions are not Unix modes (Windows,
+// Plan 9) it only checks that dir is a directory.
+func secureDir(dir string, euid int) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrInsecureDir, dir)
+	}
+	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
+		return nil
+	}
+	if uid, ok := owner(fi); ok && euid >= 0 && uid != euid {
+		return fmt.Errorf("%w: %s belongs to another user (uid %d)", ErrInsecureDir, dir, uid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := os.Chmod(dir, perm&^0o077); err != nil {
+			return fmt.Errorf("%w: %s has permissions %v that cannot be restricted: %w", ErrInsecureDir, dir, perm, err)
+		}
+	}
+	return nil
 }
 
 // fileName maps a bare JID to a safe file name ending in ".db".

@@ -111,3 +111,58 @@ func TestFileName(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultPathSecuresDir checks that DefaultPath restricts an existing
+// store directory that others may read or write to 0700, and leaves the
+// store in it usable.
+func TestDefaultPathSecuresDir(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, "config"))
+	t.Setenv("HOME", home)
+	t.Setenv("AppData", filepath.Join(home, "appdata"))
+	base, err := os.UserConfigDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "omemo")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o777, 0o755, 0o750, 0o701} {
+		// Chmod, not MkdirAll: the umask would narrow the mode.
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		p, err := DefaultPath("alice@example.org")
+		if err != nil {
+			t.Fatalf("mode %v: %v", mode, err)
+		}
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o700)
+		if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
+			want = fi.Mode().Perm()
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("directory of mode %v left at %v, want %v", mode, got, want)
+		}
+		s, err := Open(p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+
+	// A file where the directory belongs.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DefaultPath("alice@example.org"); err == nil {
+		t.Fatal("DefaultPath accepted a file as the store directory")
+	}
+}
