@@ -44,24 +44,31 @@ func newOutput(jsonOut bool, stdout, stderr io.Writer) *output {
 	return &output{json: jsonOut, stdout: stdout, stderr: stderr, enc: enc}
 }
 
-// progress reports a long step on stderr, unless -json is set.
+// progress reports a long step on stderr, unless -json is set. The line
+// is escaped with escapeText (its arguments can be remote data).
 func (o *output) progress(format string, args ...any) {
 	if o.json {
 		return
 	}
+	line := escapeText(fmt.Sprintf(format, args...))
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	fmt.Fprintf(o.stderr, format+"\n", args...)
+	fmt.Fprintln(o.stderr, line)
 }
 
-// warn writes a warning to stderr (also with -json).
+// warn writes a warning to stderr (also with -json). The warning is
+// escaped with escapeText: it often embeds remote data (a rejected
+// message's sender and id, a server's error text).
 func (o *output) warn(format string, args ...any) {
+	line := escapeText(fmt.Sprintf(format, args...))
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	fmt.Fprintf(o.stderr, "omemo: warning: "+format+"\n", args...)
+	fmt.Fprintln(o.stderr, "omemo: warning: "+line)
 }
 
-// result writes v as one JSON line with -json, text otherwise.
+// result writes v as one JSON line with -json, text otherwise. text is
+// written as is: the caller escapes the untrusted parts of it with
+// escapeText (it may span lines on purpose).
 func (o *output) result(v any, text string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -132,10 +139,23 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 			return nil, fmt.Errorf("state file: %w", err)
 		}
 	}
+	// The store is opened before connecting, so that a bad state file
+	// fails at once, without a login.
 	st, err := store.Open(path, nil)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
+		switch {
+		case errors.Is(err, store.ErrLocked):
 			return nil, fmt.Errorf("state file %s is in use by another omemo process: %w", path, err)
+		case errors.Is(err, store.ErrCorrupt):
+			// store.Open leaves a damaged file as it is, and so does the
+			// command: replacing it would silently give the account a
+			// new device identity and lose its sessions.
+			// An older copy is no remedy: its ratchet state is behind the
+			// peers' (see the README on backups).
+			return nil, fmt.Errorf("state file %s is corrupt (damaged, or not an omemo state file) and was left unchanged; "+
+				"move it away to start over as a new device with new keys (an older copy of it would reuse message keys): %w", path, err)
+		case errors.Is(err, store.ErrVersion):
+			return nil, fmt.Errorf("state file %s was written by a newer version of omemo: %w", path, err)
 		}
 		return nil, fmt.Errorf("opening state file %s: %w", path, err)
 	}
@@ -354,6 +374,9 @@ func (c *client) printMessage(m omemo.Message) {
 	if m.Archived || !m.Delay.IsZero() {
 		flags += ", delayed"
 	}
-	text := fmt.Sprintf("%s [device %d, %s, %s%s]: %s", from, m.SenderDevice, backendName(m.Namespace), v.Trust, flags, m.Body)
+	// Remote data is escaped: the sender's JID and the body, whose
+	// continuation lines start with contPrefix (see escapeText).
+	text := escapeText(fmt.Sprintf("%s [device %d, %s, %s%s]: ", from, m.SenderDevice, backendName(m.Namespace), v.Trust, flags)) +
+		escapeText(m.Body)
 	c.out.result(v, text)
 }

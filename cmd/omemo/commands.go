@@ -21,18 +21,20 @@ import (
 type runFunc = func(ctx context.Context, g *globals, args []string, e env) error
 
 // withClient opens the account, runs f and shuts down cleanly (plugin,
-// session, store), also when f fails or ctx is cancelled.
+// session, store), also when f fails or ctx is cancelled. The error it
+// returns is escaped for the terminal (see safeError): errors of the
+// network and the plugin can embed a contact's or a server's text.
 func withClient(ctx context.Context, g *globals, e env, f func(c *client) error) error {
 	out := newOutput(g.json, e.stdout, e.stderr)
 	c, err := open(ctx, g, out)
 	if err != nil {
-		return err
+		return safeError(err)
 	}
 	ferr := f(c)
 	if serr := c.shutdown(); ferr == nil {
 		ferr = serr
 	}
-	return ferr
+	return safeError(ferr)
 }
 
 // parseJID parses a contact's JID given on the command line.
@@ -84,7 +86,7 @@ func (c *client) send(ctx context.Context, to jid.JID, body string) error {
 			c.out.warn("not encrypted for %s device %d: %v", f.JID, f.DeviceID, f.Err)
 		}
 	}
-	c.out.result(v, fmt.Sprintf("sent %s to %s, encrypted for %d device(s): %s", res.ID, to, len(res.Recipients), strings.Join(names, ", ")))
+	c.out.result(v, escapeText(fmt.Sprintf("sent %s to %s, encrypted for %d device(s): %s", res.ID, to, len(res.Recipients), strings.Join(names, ", "))))
 	return nil
 }
 
@@ -100,7 +102,8 @@ func (c *client) sendError(ctx context.Context, to jid.JID, err error) error {
 }
 
 // undecidedError lists the devices the trust policy left undecided, with
-// their fingerprints and the command that trusts them.
+// their fingerprints and the command that trusts them. Its lines are
+// intended, its remote parts escaped: it is a *termError.
 func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) error {
 	mgr := c.plugin.Manager()
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -116,18 +119,18 @@ func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) er
 		return d.Level != trust.Undecided || len(d.Active) == 0
 	})
 	var b strings.Builder
-	fmt.Fprintf(&b, "not sent: the %s trust policy leaves %d device(s) undecided; nothing was sent (%v)", c.g.mode, len(undecided), cause)
+	fmt.Fprintf(&b, "not sent: the %s trust policy leaves %d device(s) undecided; nothing was sent (%s)", c.g.mode, len(undecided), escapeText(cause.Error()))
 	for _, d := range undecided {
-		fmt.Fprintf(&b, "\n  %s device %d, fingerprint %s", d.JID, d.DeviceID, d.Fingerprint())
+		fmt.Fprintf(&b, "\n  %s device %d, fingerprint %s", escapeText(d.JID), d.DeviceID, d.Fingerprint())
 	}
 	b.WriteString("\nverify the fingerprints with the contact, then trust each device with:")
 	if len(undecided) == 0 {
 		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint FINGERPRINT -level trusted", c.g.account.Bare(), to.Bare())
 	}
 	for _, d := range undecided {
-		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint %s -level trusted", c.g.account.Bare(), d.JID, strings.ReplaceAll(d.Fingerprint(), " ", ""))
+		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint %s -level trusted", c.g.account.Bare(), escapeText(d.JID), strings.ReplaceAll(d.Fingerprint(), " ", ""))
 	}
-	return errors.New(b.String())
+	return &termError{msg: b.String(), err: cause}
 }
 
 // echo answers a received message with "echo: " + its text.
@@ -253,7 +256,7 @@ func setupChat(fs *flag.FlagSet) runFunc {
 					}
 					if err := c.send(ctx, peer, line); err != nil {
 						// The chat goes on; the reason is shown.
-						fmt.Fprintf(e.stderr, "omemo: %v\n", err)
+						fmt.Fprintf(e.stderr, "omemo: %v\n", safeError(err))
 					}
 				case m := <-c.inbox.ch:
 					c.printMessage(m)
@@ -354,6 +357,9 @@ func setupDevices(fs *flag.FlagSet) runFunc {
 				if own {
 					trustLevel = "(own)"
 				}
+				// The label comes from the network, unauthenticated:
+				// %q escapes every non-printable character (controls,
+				// bidi overrides, invalid UTF-8, tabs), as strconv.Quote.
 				fmt.Fprintf(tw, "%s\t%q\t%s\t%s\t%s\t%s\n", id, label, d.Fingerprint(), trustLevel, strings.Join(bs, ", "), active)
 			}
 			if !c.out.json {
@@ -479,7 +485,7 @@ func setupTrust(fs *flag.FlagSet) runFunc {
 			}
 			for _, d := range matched {
 				c.out.result(trustJSON{JID: d.JID, Device: d.DeviceID, Fingerprint: d.Fingerprint(), Trust: name},
-					fmt.Sprintf("%s device %d (%s) is now %s", d.JID, d.DeviceID, d.Fingerprint(), name))
+					escapeText(fmt.Sprintf("%s device %d (%s) is now %s", d.JID, d.DeviceID, d.Fingerprint(), name)))
 			}
 			return nil
 		})
