@@ -157,17 +157,30 @@ func (m *Manager) rotateLoop(ctx context.Context) {
 // is older than the rotation period, republishes the bundle, and returns
 // the time until the next rotation is due. The previous signed pre key is
 // kept for one more period.
+//
+// A rotation and the need to publish it are committed together: a bundle
+// upload that fails is retried by every later call (the background loop
+// calls again with backoff, and at every start) until it succeeds, and no
+// backend rotates again before its last rotation was published, so that
+// peers never hold a signed pre key two rotations old.
 func (m *Manager) RotateSignedPreKeys(ctx context.Context) (time.Duration, error) {
 	if err := m.check(); err != nil {
 		return 0, err
 	}
 	next := m.cfg.SignedPreKeyRotation
-	var rotated []string
+	var upload []string
 	err := m.update(ctx, func(tx store.Tx) error {
-		rotated = rotated[:0]
+		upload = upload[:0]
 		next = m.cfg.SignedPreKeyRotation
-		for _, ns := range m.order {
+		for _, ns := range m.namespaces() {
 			be := m.backends[ns]
+			switch _, err := tx.Get(keyUploadPending(ns)); {
+			case err == nil:
+				upload = append(upload, ns)
+				continue
+			case !errors.Is(err, store.ErrNotFound):
+				return err
+			}
 			left := m.cfg.SignedPreKeyRotation - be.SignedPreKeyAge()
 			if left >= 0 {
 				next = min(next, left)
@@ -179,17 +192,28 @@ func (m *Manager) RotateSignedPreKeys(ctx context.Context) (time.Duration, error
 			if err := putKeys(tx, be); err != nil {
 				return err
 			}
-			rotated = append(rotated, ns)
+			if err := tx.Put(keyUploadPending(ns), nil); err != nil {
+				return err
+			}
+			upload = append(upload, ns)
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, storageErr(err)
 	}
-	for _, ns := range rotated {
+	var errs []error
+	for _, ns := range upload {
 		if err := m.uploadBundle(ctx, ns); err != nil {
-			return 0, err
+			errs = append(errs, err)
+			continue
 		}
+		if err := m.update(ctx, func(tx store.Tx) error { return tx.Delete(keyUploadPending(ns)) }); err != nil {
+			errs = append(errs, storageErr(err))
+		}
+	}
+	if len(errs) > 0 {
+		return 0, fmt.Errorf("omemo: publishing the rotated signed pre key: %w", errors.Join(errs...))
 	}
 	return next, nil
 }
@@ -210,6 +234,15 @@ func (m *Manager) AfterHistorySync(ctx context.Context) error {
 		return err
 	}
 	m.syncing.Store(false)
+	return m.settleQueue(ctx)
+}
+
+// settleQueue deletes hidden pre keys and sends the owed empty messages
+// that the store holds. Outside history synchronisation, New runs it in
+// the background: after a crash or a Close, neither a pre key hidden
+// during an unfinished synchronisation nor an empty reply queued and not
+// sent yet is left behind.
+func (m *Manager) settleQueue(ctx context.Context) error {
 	type queued struct {
 		ns, jid string
 		dev     uint32

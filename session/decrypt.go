@@ -216,11 +216,17 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		}
 		n, ok := s.ReceivingChainLength()
 		sendEmpty = key.KeyExchange || ok && n > HeartbeatThreshold
-		if sendEmpty && m.syncing.Load() {
-			sendEmpty = false
-			return tx.Put(keyQueue(ns, from, msg.SID), nil)
+		if !sendEmpty {
+			return nil
 		}
-		return nil
+		// The empty reply is owed from this commit on: it is queued in the
+		// store, so that neither Close nor a crash loses it (the next start
+		// sends what is left), and sent in the background, or at the end of
+		// history synchronisation.
+		if m.syncing.Load() {
+			sendEmpty = false
+		}
+		return tx.Put(keyQueue(ns, from, msg.SID), nil)
 	})
 	if err != nil {
 		if isMessageError(err) {
@@ -233,7 +239,7 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 	}
 	if sendEmpty {
 		m.work.enqueue(keyQueue(ns, from, msg.SID), func(ctx context.Context) error {
-			return m.sendEmpty(ctx, ns, from, msg.SID)
+			return m.sendEmptyLocked(ctx, ns, from, msg.SID, true)
 		})
 	}
 	return out, nil
@@ -329,15 +335,10 @@ func (m *Manager) ResolveSender(ctx context.Context, ns, jid string, dev uint32)
 	return err
 }
 
-// sendEmpty sends an empty message to one device over its session and
-// commits the advanced ratchet only once it was sent.
-func (m *Manager) sendEmpty(ctx context.Context, ns, jid string, dev uint32) error {
-	return m.sendEmptyLocked(ctx, ns, jid, dev, false)
-}
-
-// sendEmptyLocked sends an empty message; with dequeue it also removes the
-// device's entry from the history synchronisation queue, in the same
-// transaction.
+// sendEmptyLocked sends an empty message over the device's session and
+// commits the advanced ratchet only once it was sent. With dequeue it
+// sends only what the queue of owed empty messages holds for the device,
+// and removes the entry in the same transaction (nothing is sent twice).
 func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint32, dequeue bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -351,6 +352,12 @@ func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint3
 	txErr, sendErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
 		msg = nil
 		if dequeue {
+			switch _, err := tx.Get(keyQueue(ns, jid, dev)); {
+			case errors.Is(err, store.ErrNotFound):
+				return nil // sent already
+			case err != nil:
+				return err
+			}
 			if err := tx.Delete(keyQueue(ns, jid, dev)); err != nil {
 				return err
 			}

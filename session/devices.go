@@ -269,13 +269,14 @@ func (d DeviceInfo) trustDevice() trust.Device {
 
 // sortNamespaces orders namespaces by backend priority; unknown ones last.
 func (m *Manager) sortNamespaces(nss []string) []string {
+	order := m.namespaces()
 	slices.SortStableFunc(nss, func(a, b string) int {
-		ia, ib := slices.Index(m.order, a), slices.Index(m.order, b)
+		ia, ib := slices.Index(order, a), slices.Index(order, b)
 		if ia < 0 {
-			ia = len(m.order)
+			ia = len(order)
 		}
 		if ib < 0 {
-			ib = len(m.order)
+			ib = len(order)
 		}
 		if ia != ib {
 			return ia - ib
@@ -285,7 +286,9 @@ func (m *Manager) sortNamespaces(nss []string) []string {
 	return nss
 }
 
-func (m *Manager) info(tx store.Tx, jid string, id uint32, rec deviceRecord) (DeviceInfo, error) {
+// info builds the device information of a record read in tx. gen is the
+// cache generation taken before tx began (see trustOf).
+func (m *Manager) info(tx store.Tx, gen uint64, jid string, id uint32, rec deviceRecord) (DeviceInfo, error) {
 	d := DeviceInfo{JID: jid, DeviceID: id, IdentityKey: rec.IdentityKey, HasIdentityKey: rec.HasIdentityKey}
 	for ns, active := range rec.Active {
 		d.Namespaces = append(d.Namespaces, ns)
@@ -305,12 +308,17 @@ func (m *Manager) info(tx store.Tx, jid string, id uint32, rec deviceRecord) (De
 	if !rec.HasIdentityKey {
 		return d, nil
 	}
-	name, level, err := m.trustOf(tx, jid, rec.IdentityKey)
+	name, level, err := m.trustOf(tx, gen, jid, rec.IdentityKey)
 	d.Trust, d.Level = name, level
 	return d, err
 }
 
-func (m *Manager) trustOf(tx store.Tx, jid string, ik [32]byte) (string, trust.Level, error) {
+// trustOf returns the trust of an identity key of jid, from the cache or
+// read in tx. gen must be the cache generation taken before tx began: a
+// value read in tx is filed under it, so that a decision committed after
+// tx's snapshot was taken (which bumps the generation) is never hidden by
+// the older value tx still sees.
+func (m *Manager) trustOf(tx store.Tx, gen uint64, jid string, ik [32]byte) (string, trust.Level, error) {
 	name := m.cfg.Trust.Default()
 	ref := trustRef{jid, ik}
 	if cached, stored, ok := m.cache.trustName(ref); ok {
@@ -318,7 +326,6 @@ func (m *Manager) trustOf(tx store.Tx, jid string, ik [32]byte) (string, trust.L
 			name = cached
 		}
 	} else {
-		gen := m.cache.generation()
 		raw, err := tx.Get(keyTrust(jid, ik))
 		switch {
 		case err == nil:
@@ -578,7 +585,7 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 				if !rec.HasIdentityKey {
 					continue
 				}
-				d, err := m.info(tx, jid, id, rec)
+				d, err := m.info(tx, gen, jid, id, rec)
 				if err != nil {
 					return err
 				}
@@ -695,6 +702,19 @@ type bundleEntry struct {
 func (m *Manager) newBundleCache() *bundleCache {
 	return &bundleCache{m: map[bundleRef]*bundleEntry{}, sem: make(chan struct{}, maxParallelDownloads),
 		misses: m.misses, now: m.cfg.Now}
+}
+
+// downloaded returns a bundle this operation already fetched (or failed
+// to fetch); ok is false if it was not asked for.
+func (c *bundleCache) downloaded(ns, jid string, id uint32) (b bundle.Bundle, ok bool, err error) {
+	c.mu.Lock()
+	e, ok := c.m[bundleRef{ns, jid, id}]
+	c.mu.Unlock()
+	if !ok {
+		return bundle.Bundle{}, false, nil
+	}
+	e.once.Do(func() { e.err = errBundleNeeded }) // an entry whose download never started
+	return e.b, e.err != errBundleNeeded, e.err
 }
 
 func (c *bundleCache) get(ctx context.Context, net Network, ns, jid string, id uint32) (bundle.Bundle, error) {

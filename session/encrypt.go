@@ -206,63 +206,90 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	if deliver != nil {
 		handOver = func() error { return deliver(res) }
 	}
-	m.mu.Lock()
-	err, deliverErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
-		res.Messages, res.Recipients, res.Failures = nil, make([]Recipient, 0, len(targets)), slices.Clone(failures)
-		reached := map[string]bool{}
-		for _, ns := range m.order {
-			be := m.backends[ns]
-			group := make([]target, 0, len(targets))
-			for _, t := range targets {
-				if t.ns == ns {
-					group = append(group, t)
+	var deliverErr error
+	for attempt := 0; ; attempt++ {
+		// Devices whose session vanished since it was looked up (a purge)
+		// need their bundle; it is downloaded outside the lock and the
+		// transaction runs again.
+		var need []target
+		m.mu.Lock()
+		err, deliverErr = m.updateThenSendLocked(ctx, func(tx store.Tx) error {
+			need = need[:0]
+			res.Messages, res.Recipients, res.Failures = nil, make([]Recipient, 0, len(targets)), slices.Clone(failures)
+			reached := map[string]bool{}
+			for _, ns := range m.namespaces() {
+				be := m.backends[ns]
+				group := make([]target, 0, len(targets))
+				for _, t := range targets {
+					if t.ns == ns {
+						group = append(group, t)
+					}
 				}
-			}
-			if len(group) == 0 {
-				continue
-			}
-			content, km, err := be.EncryptPlaintext(plaintexts[ns])
-			if err != nil {
-				return err
-			}
-			msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext,
-				Keys: make([]encrypted.Key, 0, len(group))}
-			for _, t := range group {
-				jid, dev := t.info.JID, t.info.DeviceID
-				ke, s, err := m.encryptFor(ctx, tx, be, cache, ns, jid, dev, t.key, km, t.have, t.info.IdentityKey)
+				if len(group) == 0 {
+					continue
+				}
+				content, km, err := be.EncryptPlaintext(plaintexts[ns])
 				if err != nil {
-					if isDeviceFailure(err) {
-						res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
+					return err
+				}
+				msg := &encrypted.Encrypted{Namespace: ns, SID: m.devID, IV: content.IV, Payload: content.Ciphertext,
+					Keys: make([]encrypted.Key, 0, len(group))}
+				for _, t := range group {
+					jid, dev := t.info.JID, t.info.DeviceID
+					ke, s, err := m.encryptFor(tx, be, cache, ns, jid, dev, t.key, km, t.info.IdentityKey)
+					if errors.Is(err, errBundleNeeded) && attempt < maxEncryptAttempts-1 {
+						need = append(need, t)
 						continue
 					}
-					return err
+					if err != nil {
+						if isDeviceFailure(err) {
+							res.Failures = append(res.Failures, DeviceError{Namespace: ns, JID: jid, DeviceID: dev, Err: err})
+							continue
+						}
+						return err
+					}
+					if err := m.saveSession(tx, t.key, s); err != nil {
+						return err
+					}
+					msg.Keys = append(msg.Keys, encrypted.Key{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data})
+					res.Recipients = append(res.Recipients, Recipient{jid, dev, ns})
+					reached[jid] = true
 				}
-				if err := m.saveSession(tx, t.key, s); err != nil {
-					return err
+				if len(msg.Keys) > 0 {
+					res.Messages = append(res.Messages, msg)
 				}
-				msg.Keys = append(msg.Keys, encrypted.Key{JID: jid, RID: dev, KeyExchange: ke.KeyExchange, Data: ke.Data})
-				res.Recipients = append(res.Recipients, Recipient{jid, dev, ns})
-				reached[jid] = true
 			}
-			if len(msg.Keys) > 0 {
-				res.Messages = append(res.Messages, msg)
+			if len(need) > 0 {
+				return errBundleNeeded
 			}
-		}
-		var missing []string
-		for _, j := range recipients {
-			if !reached[j] {
-				missing = append(missing, j)
+			var missing []string
+			for _, j := range recipients {
+				if !reached[j] {
+					missing = append(missing, j)
+				}
 			}
+			if len(missing) > 0 {
+				return &NoEligibleDevicesError{JIDs: missing, Failures: res.Failures}
+			}
+			if len(res.Messages) == 0 {
+				return &NoEligibleDevicesError{JIDs: []string{m.cfg.JID}, Failures: res.Failures}
+			}
+			return nil
+		}, handOver)
+		m.mu.Unlock()
+		if !errors.Is(err, errBundleNeeded) || len(need) == 0 {
+			break
 		}
-		if len(missing) > 0 {
-			return &NoEligibleDevicesError{JIDs: missing, Failures: res.Failures}
+		var wg sync.WaitGroup
+		for _, t := range need {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = cache.get(ctx, m.net, t.ns, t.info.JID, t.info.DeviceID)
+			}()
 		}
-		if len(res.Messages) == 0 {
-			return &NoEligibleDevicesError{JIDs: []string{m.cfg.JID}, Failures: res.Failures}
-		}
-		return nil
-	}, handOver)
-	m.mu.Unlock()
+		wg.Wait()
+	}
 	if err != nil {
 		var ne *NoEligibleDevicesError
 		if errors.As(err, &ne) {
@@ -276,21 +303,36 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 	return res, nil
 }
 
-// encryptFor encrypts key material for one device, building an active
-// session from its bundle if there is none. A bundle is used only if it
-// carries ik, the identity key the trust decision was made on.
-func (m *Manager) encryptFor(ctx context.Context, tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, haveSession bool, ik [32]byte) (backends.KeyElement, backends.Session, error) {
-	if haveSession {
-		s, err := m.loadSession(tx, be, key)
-		if err != nil {
-			return backends.KeyElement{}, nil, err
-		}
-		if s != nil {
-			ke, err := be.EncryptKeyMaterial(s, km)
-			return ke, s, err
-		}
+// maxEncryptAttempts bounds how often Encrypt runs its transaction again
+// for devices whose session vanished meanwhile.
+const maxEncryptAttempts = 3
+
+// errBundleNeeded reports, inside Encrypt's transaction, a device without
+// a session whose bundle was not downloaded: network work never happens
+// under the lock.
+var errBundleNeeded = errors.New("omemo: bundle needed")
+
+// encryptFor encrypts key material for one device under the lock. The
+// session is looked up again here, not trusted from before the lock: a key
+// exchange of the device, or another Encrypt, may have created one
+// meanwhile, and building a second one would overwrite it (the device's
+// next message would then be lost, or both sides end up on different
+// sessions). Without a session, an active one is built from the bundle
+// downloaded before the lock, which is used only if it carries ik, the
+// identity key the trust decision was made on.
+func (m *Manager) encryptFor(tx store.Tx, be backends.Backend, cache *bundleCache, ns, jid string, dev uint32, key string, km []byte, ik [32]byte) (backends.KeyElement, backends.Session, error) {
+	s, err := m.loadSession(tx, be, key)
+	if err != nil {
+		return backends.KeyElement{}, nil, err
 	}
-	b, err := cache.get(ctx, m.net, ns, jid, dev)
+	if s != nil {
+		ke, err := be.EncryptKeyMaterial(s, km)
+		return ke, s, err
+	}
+	b, ok, err := cache.downloaded(ns, jid, dev)
+	if !ok {
+		return backends.KeyElement{}, nil, errBundleNeeded
+	}
 	if err != nil {
 		return backends.KeyElement{}, nil, err
 	}

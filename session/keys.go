@@ -21,6 +21,10 @@ func keyBackendKeys(ns string) string { return "omemo/ns/" + esc(ns) + "/keys" }
 
 func prefixBackend(ns string) string { return "omemo/ns/" + esc(ns) + "/" }
 
+// keyUploadPending marks a backend whose rotated signed pre key has not
+// reached the server yet (see RotateSignedPreKeys).
+func keyUploadPending(ns string) string { return "omemo/ns/" + esc(ns) + "/upload-pending" }
+
 func prefixSessions(ns string) string { return "omemo/ns/" + esc(ns) + "/sessions/" }
 
 func prefixSessionsOf(ns, jid string) string { return prefixSessions(ns) + esc(jid) + "/" }

@@ -40,7 +40,10 @@ type Manager struct {
 	// sessionBuf is where sessions are serialised before the store copies
 	// them; it is wiped after each use (guarded by mu).
 	sessionBuf []byte
-	order      []string // namespaces in priority order
+	// order holds the loaded namespaces in priority order. The slice is
+	// never modified once stored: PurgeBackend stores a new one (under mu),
+	// so that it can be read without the lock.
+	order atomic.Pointer[[]string]
 
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
@@ -65,9 +68,11 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	}
 	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
 		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}}
+	order := make([]string, 0, len(c.Backends))
 	for _, f := range c.Backends {
-		m.order = append(m.order, f.Namespace)
+		order = append(order, f.Namespace)
 	}
+	m.order.Store(&order)
 	m.syncing.Store(!c.StartSynced)
 
 	if err := m.loadOrCreate(ctx); err != nil {
@@ -80,12 +85,21 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	m.stop = stop
 	m.done = make(chan struct{})
 	m.work = newWorker(bg, c.OnError)
+	if !m.syncing.Load() {
+		m.work.enqueue("settle-queue", m.settleQueue)
+	}
 	go m.rotateLoop(bg)
 	return m, nil
 }
 
 // Close stops the background work and waits for it. It does not close the
 // store. Calls after Close fail with ErrClosed.
+//
+// Background work not done yet is not lost: the empty replies owed to key
+// exchanges and heartbeats are queued in the store and sent at the next
+// start, a rotated signed pre key not published yet is published by the
+// next rotation check, and a bundle that differs from the published one is
+// republished at every start.
 func (m *Manager) Close() error {
 	if m.closed.Swap(true) {
 		return nil
@@ -113,7 +127,11 @@ func (m *Manager) JID() string { return m.cfg.JID }
 func (m *Manager) IdentityKey() [32]byte { return m.id.PublicKey() }
 
 // Namespaces are the loaded backends' namespaces in priority order.
-func (m *Manager) Namespaces() []string { return slices.Clone(m.order) }
+func (m *Manager) Namespaces() []string { return slices.Clone(m.namespaces()) }
+
+// namespaces returns the loaded namespaces in priority order; the slice is
+// shared and must not be modified.
+func (m *Manager) namespaces() []string { return *m.order.Load() }
 
 func (m *Manager) backend(ns string) (backends.Backend, error) {
 	b, ok := m.backends[ns]
@@ -340,7 +358,11 @@ func (m *Manager) saveSession(tx store.Tx, key string, s backends.Session) error
 
 func (m *Manager) reloadBackendsLocked(ctx context.Context) error {
 	return m.store.View(ctx, func(tx store.Tx) error {
+		// Only the loaded backends: a purged one has no keys left.
 		for _, f := range m.cfg.Backends {
+			if _, loaded := m.backends[f.Namespace]; !loaded {
+				continue
+			}
 			raw, err := tx.Get(keyBackendKeys(f.Namespace))
 			if err != nil {
 				return err
@@ -401,7 +423,7 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 	var devID uint32
 	if !haveID {
 		taken := map[uint32]bool{}
-		for _, ns := range m.order {
+		for _, ns := range m.namespaces() {
 			l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
 			if err != nil {
 				return netErr("downloading own device list", err)
@@ -470,7 +492,7 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 		rec.HasIdentityKey = true
 		rec.Label = m.ownLabelTx(tx)
 		rec.Active = map[string]bool{}
-		for _, ns := range m.order {
+		for _, ns := range m.namespaces() {
 			rec.Active[ns] = true
 		}
 		if err := putDevice(tx, m.cfg.JID, m.devID, rec); err != nil {
@@ -495,7 +517,7 @@ func (m *Manager) repair(ctx context.Context) error {
 	var stale []string
 	err := m.store.View(ctx, func(tx store.Tx) error {
 		return tx.Scan("omemo/ns/", func(key string, _ []byte) error {
-			if ns, ok := namespaceOfKey(key); ok && !slices.Contains(m.order, ns) && !slices.Contains(stale, ns) {
+			if ns, ok := namespaceOfKey(key); ok && !slices.Contains(m.namespaces(), ns) && !slices.Contains(stale, ns) {
 				stale = append(stale, ns)
 			}
 			return nil
@@ -509,7 +531,7 @@ func (m *Manager) repair(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, ns := range m.order {
+	for _, ns := range m.namespaces() {
 		if err := m.publishOwnDevice(ctx, ns, false); err != nil {
 			return err
 		}

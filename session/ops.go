@@ -20,7 +20,7 @@ func (m *Manager) SetOwnLabel(ctx context.Context, label string) error {
 	if err := m.update(ctx, func(tx store.Tx) error { return tx.Put(keyOwnLabel, []byte(label)) }); err != nil {
 		return storageErr(err)
 	}
-	for _, ns := range m.order {
+	for _, ns := range m.namespaces() {
 		l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
 		if err != nil {
 			return netErr("downloading own device list", err)
@@ -39,7 +39,7 @@ func (m *Manager) ClearDeviceList(ctx context.Context) error {
 	if err := m.check(); err != nil {
 		return err
 	}
-	for _, ns := range m.order {
+	for _, ns := range m.namespaces() {
 		if err := m.uploadOwnList(ctx, ns, devicelist.List{Namespace: ns}, true); err != nil {
 			return err
 		}
@@ -89,7 +89,8 @@ func (m *Manager) PurgeBackend(ctx context.Context, ns string) error {
 	if be, ok := m.backends[ns]; ok {
 		be.Purge()
 		delete(m.backends, ns)
-		m.order = slices.DeleteFunc(m.order, func(s string) bool { return s == ns })
+		order := slices.DeleteFunc(slices.Clone(m.namespaces()), func(s string) bool { return s == ns })
+		m.order.Store(&order)
 	}
 	return nil
 }
@@ -110,7 +111,7 @@ func (m *Manager) PurgeJID(ctx context.Context, jid string) error {
 		if err := tx.DeletePrefix(prefixTrustOf(jid)); err != nil {
 			return err
 		}
-		for _, ns := range m.order {
+		for _, ns := range m.namespaces() {
 			if err := tx.DeletePrefix(prefixSessionsOf(ns, jid)); err != nil {
 				return err
 			}
@@ -130,7 +131,7 @@ func (m *Manager) SendingChainLength(ctx context.Context, jid string, dev uint32
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	err := m.store.View(ctx, func(tx store.Tx) error {
-		for _, ns := range m.order {
+		for _, ns := range m.namespaces() {
 			raw, err := tx.Get(keySession(ns, jid, dev))
 			if errors.Is(err, store.ErrNotFound) {
 				continue
