@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -47,12 +48,29 @@ type client struct {
 // disconnect).
 func connect(t *testing.T, srv *prosodytest.Server, name string, st store.Store, cfg omemo.Config, start bool) *client {
 	t.Helper()
+	c, err := dial(t, srv, name, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		if err := c.p.Start(sctx); err != nil {
+			t.Fatalf("%s: Start: %v", name, err)
+		}
+	}
+	return c
+}
+
+// dial is connect without Start, returning its failure (it may run in a
+// goroutine of the test).
+func dial(t *testing.T, srv *prosodytest.Server, name string, st store.Store, cfg omemo.Config) (*client, error) {
 	// Cancelled only after the session is closed (see prosodytest.Dial).
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	s, err := srv.DialSession(ctx, name)
 	if err != nil {
 		cancel()
-		t.Fatalf("dial %s: %v", name, err)
+		return nil, fmt.Errorf("dial %s: %w", name, err)
 	}
 	c := &client{t: t, name: name, s: s, msgs: make(chan omemo.Message, 32)}
 	cfg.Store = st
@@ -66,7 +84,8 @@ func connect(t *testing.T, srv *prosodytest.Server, name string, st store.Store,
 	p, err := omemo.New(s, cfg)
 	if err != nil {
 		cancel()
-		t.Fatalf("omemo.New %s: %v", name, err)
+		_ = s.Close()
+		return nil, fmt.Errorf("omemo.New %s: %w", name, err)
 	}
 	c.p = p
 	m := mux.New(stanza.NSClient, p.Handle(omemo.HandlerFunc(func(msg omemo.Message) {
@@ -102,14 +121,7 @@ func connect(t *testing.T, srv *prosodytest.Server, name string, st store.Store,
 	}
 	t.Cleanup(closeAll)
 	c.closeFn = closeAll
-	if start {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		if err := p.Start(sctx); err != nil {
-			t.Fatalf("%s: Start: %v", name, err)
-		}
-	}
-	return c
+	return c, nil
 }
 
 // testWriter logs a client's diagnostics to the test log.

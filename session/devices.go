@@ -136,6 +136,9 @@ func (m *Manager) RefreshDeviceListAfterRetraction(ctx context.Context, ns, jid 
 
 // RefreshDeviceLists refreshes the device lists of jid in every namespace.
 // The lists are downloaded in parallel, so that this costs one round trip.
+// A list the server refuses to show (devicelist.ErrAccessDenied) leaves
+// that namespace's devices as they are; it is an error only if no
+// namespace's list could be read.
 func (m *Manager) RefreshDeviceLists(ctx context.Context, jid string) error {
 	if err := m.check(); err != nil {
 		return err
@@ -158,9 +161,24 @@ func (m *Manager) RefreshDeviceLists(ctx context.Context, jid string) error {
 		}()
 	}
 	wg.Wait()
+	read := false
 	for i := range nss {
 		if errs[i] == nil {
 			errs[i] = m.UpdateDeviceList(ctx, jid, lists[i])
+			read = read || errs[i] == nil
+		}
+	}
+	if read {
+		// Prosody answers forbidden, to an account without a presence
+		// subscription, for a node that does not exist: when another
+		// namespace's list of jid could be read, a refusal is most likely
+		// that, not a restriction. The devices of that namespace stay as
+		// they are either way.
+		for i, err := range errs {
+			if errors.Is(err, devicelist.ErrAccessDenied) {
+				m.cfg.Logger.Debug("omemo: device list refused, another namespace's was read", "jid", jid, "namespace", nss[i])
+				errs[i] = nil
+			}
 		}
 	}
 	return errors.Join(errs...)

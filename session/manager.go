@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/bundle"
@@ -45,6 +47,13 @@ type Manager struct {
 	// so that it can be read without the lock.
 	order atomic.Pointer[[]string]
 
+	// watching holds the running background checks of the own device
+	// lists, by namespace (see watchOwnList); watchCtx ends with Close.
+	watchMu  sync.Mutex
+	watching map[string]chan struct{}
+	watchCtx context.Context
+	watchWG  sync.WaitGroup
+
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
 	work    *worker
@@ -67,21 +76,27 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
 	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
-		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}}
+		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}, watching: map[string]chan struct{}{}}
 	order := make([]string, 0, len(c.Backends))
 	for _, f := range c.Backends {
 		order = append(order, f.Namespace)
 	}
 	m.order.Store(&order)
 	m.syncing.Store(!c.StartSynced)
+	bg, stop := context.WithCancel(context.Background())
+	m.watchCtx = bg
+	fail := func(err error) (*Manager, error) {
+		stop()
+		m.watchWG.Wait()
+		return nil, err
+	}
 
 	if err := m.loadOrCreate(ctx); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	if err := m.repair(ctx); err != nil {
-		return nil, err
+		return fail(err)
 	}
-	bg, stop := context.WithCancel(context.Background())
 	m.stop = stop
 	m.done = make(chan struct{})
 	m.work = newWorker(bg, c.OnError)
@@ -107,6 +122,7 @@ func (m *Manager) Close() error {
 	m.stop()
 	m.work.close()
 	<-m.done
+	m.watchWG.Wait()
 	return nil
 }
 
@@ -612,17 +628,30 @@ func (m *Manager) publishOwnDevice(ctx context.Context, ns string, force bool) e
 	return m.uploadOwnList(ctx, ns, l, force)
 }
 
+// uploadOwnList publishes the own device list of ns: l with this device
+// in it (labelled), if that changes l or force is set; then it makes sure
+// that the device stays listed (confirmOwnListed).
 func (m *Manager) uploadOwnList(ctx context.Context, ns string, l devicelist.List, force bool) error {
+	published, err := m.publishOwnList(ctx, ns, l, force)
+	if err != nil || !published {
+		return err
+	}
+	return m.confirmOwnListed(ctx, ns)
+}
+
+// publishOwnList publishes l with this device in it, if that changes l or
+// force is set, and reports whether it published.
+func (m *Manager) publishOwnList(ctx context.Context, ns string, l devicelist.List, force bool) (bool, error) {
 	var label string
 	if err := m.store.View(ctx, func(tx store.Tx) error { label = m.ownLabelTx(tx); return nil }); err != nil {
-		return storageErr(err)
+		return false, storageErr(err)
 	}
 	own := devicelist.Device{ID: m.devID}
 	if ns != omemons.Legacy && label != "" {
 		own.Label = label
 		sig, err := m.id.Sign([]byte(label), m.cfg.Rand)
 		if err != nil {
-			return err
+			return false, err
 		}
 		own.LabelSignature = sig[:]
 	}
@@ -648,12 +677,162 @@ func (m *Manager) uploadOwnList(ctx context.Context, ns string, l devicelist.Lis
 		changed = true
 	}
 	if !changed {
-		return nil
+		return false, nil
 	}
 	if err := m.net.UploadDeviceList(ctx, out); err != nil {
-		return netErr("uploading own device list", err)
+		return false, netErr("uploading own device list", err)
 	}
+	return true, nil
+}
+
+// Own device list convergence. Devices of one account that publish at the
+// same time (they start together) each fetch the list, add themselves and
+// publish: the last publish drops the others, and contacts never encrypt
+// for a device missing from the list. PEP has no compare-and-swap, and the
+// own-list notification that would repair it needs +notify presence, so
+// after a publish a device reads the list back and publishes again while
+// it is missing, then checks again in the background a few times, in case
+// a device that fetched before its publish overwrites it late.
+const maxOwnListPublishes = 8
+
+// ownListChecks are the delays of the background checks after a publish.
+var ownListChecks = []time.Duration{300 * time.Millisecond, time.Second, 2500 * time.Millisecond}
+
+// confirmOwnListed reads the own list of ns back until it holds this
+// device, publishing it again (merged with what the server has) with a
+// jittered backoff, then starts the background checks.
+func (m *Manager) confirmOwnListed(ctx context.Context, ns string) error {
+	if err := m.ensureOwnListed(ctx, ns); err != nil {
+		return err
+	}
+	m.watchOwnList(ns)
 	return nil
+}
+
+// ensureOwnListed makes sure the published own list of ns holds this
+// device, republishing it while it does not.
+func (m *Manager) ensureOwnListed(ctx context.Context, ns string) error {
+	backoff := 50 * time.Millisecond
+	for publishes := 0; ; publishes++ {
+		l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
+		if err != nil {
+			return netErr("reading back own device list", err)
+		}
+		l.Namespace = ns
+		if _, err := m.ingest(ctx, ns, m.cfg.JID, l); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(l.Devices, func(d devicelist.Device) bool { return d.ID == m.devID }) {
+			return nil
+		}
+		if publishes == maxOwnListPublishes {
+			return fmt.Errorf("%w: this device is still missing from the own %s device list after %d publishes", ErrNetwork, ns, publishes)
+		}
+		// Another device published over ours: let the devices publishing
+		// at the same time drift apart, then publish on what is there now.
+		if err := sleepJittered(ctx, backoff); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		if l, err = m.net.DownloadDeviceList(ctx, ns, m.cfg.JID); err != nil {
+			return netErr("downloading own device list", err)
+		}
+		l.Namespace = ns
+		if _, err := m.publishOwnList(ctx, ns, l, false); err != nil {
+			return err
+		}
+	}
+}
+
+// watchOwnList checks in the background, after each delay of
+// ownListChecks, that this device is still on the own list of ns,
+// republishing it if not (and starting the checks over). A watch already
+// running for ns starts over instead.
+func (m *Manager) watchOwnList(ns string) {
+	m.watchMu.Lock()
+	defer m.watchMu.Unlock()
+	if m.closed.Load() || m.watchCtx == nil {
+		return
+	}
+	if kick, ok := m.watching[ns]; ok {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	kick := make(chan struct{}, 1)
+	m.watching[ns] = kick
+	m.watchWG.Add(1)
+	go func() {
+		defer m.watchWG.Done()
+		defer func() {
+			m.watchMu.Lock()
+			delete(m.watching, ns)
+			m.watchMu.Unlock()
+		}()
+		ctx := m.watchCtx
+		for i := 0; i < len(ownListChecks); i++ {
+			t := time.NewTimer(jitter(ownListChecks[i]))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-kick:
+				t.Stop()
+				i = -1
+				continue
+			case <-t.C:
+			}
+			if !slices.Contains(m.namespaces(), ns) {
+				return // purged meanwhile
+			}
+			l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
+			if err != nil {
+				continue
+			}
+			if slices.ContainsFunc(l.Devices, func(d devicelist.Device) bool { return d.ID == m.devID }) {
+				continue
+			}
+			if err := m.ensureOwnListed(ctx, ns); err != nil && ctx.Err() == nil {
+				m.cfg.OnError(fmt.Errorf("omemo: keeping this device on the own %s device list: %w", ns, err))
+			}
+			i = -1 // published again: check again from the start
+		}
+	}()
+}
+
+// WaitOwnList waits until the background checks that keep this device on
+// the own device lists after a publish are over (a few seconds after the
+// last publish), or ctx is done.
+func (m *Manager) WaitOwnList(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		m.watchWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// jitter returns d ± 25 %, so that devices that act together drift apart.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + time.Duration(mathrand.Int64N(int64(d)/2+1))
+}
+
+func sleepJittered(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(jitter(d))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func namespaceOfKey(key string) (string, bool) {
