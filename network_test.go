@@ -241,11 +241,15 @@ func TestIntegrationNetwork(t *testing.T) {
 	an, bn := newNetwork(alice, time.Minute), newNetwork(bob, time.Minute)
 	aliceJID := srv.JID("alice").String()
 
-	// Nothing published.
+	// Nothing published: an empty list for the owner; Prosody answers a
+	// stranger forbidden, which is not "no devices".
 	for _, namespace := range []string{ns.OMEMO2, ns.Legacy} {
-		l, err := bn.DownloadDeviceList(ctx, namespace, aliceJID)
+		l, err := an.DownloadDeviceList(ctx, namespace, aliceJID)
 		if err != nil || l.Namespace != namespace || len(l.Devices) != 0 {
-			t.Fatalf("%s: missing list: %+v, %v", namespace, l, err)
+			t.Fatalf("%s: own missing list: %+v, %v", namespace, l, err)
+		}
+		if _, err := bn.DownloadDeviceList(ctx, namespace, aliceJID); !errors.Is(err, devicelist.ErrAccessDenied) {
+			t.Fatalf("%s: stranger's missing list: %v, want ErrAccessDenied", namespace, err)
 		}
 		_, err = bn.DownloadBundle(ctx, namespace, aliceJID, 1)
 		if !errors.Is(err, session.ErrBundleNotFound) || !errors.Is(err, pep.ErrNotFound) {

@@ -93,7 +93,7 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 		o.fallback = ""
 	}
 
-	p.ensureDeviceLists(ctx, mgr, p.own, bare)
+	listErr := p.ensureDeviceLists(ctx, mgr, p.own, bare)
 
 	plaintexts := map[string][]byte{}
 	for _, namespace := range mgr.Namespaces() {
@@ -120,6 +120,11 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 		return p.send(ctx, toks)
 	})
 	if err != nil {
+		if listErr != nil && errors.Is(err, session.ErrNoEligibleDevices) {
+			// Why no device is known can be that a list could not be
+			// read (devicelist.ErrAccessDenied, a timeout): say so.
+			return nil, fmt.Errorf("%w; fetching the device lists: %w", err, listErr)
+		}
 		return nil, err
 	}
 	return &SendResult{ID: o.id, Recipients: res.Recipients, Failures: res.Failures}, nil
@@ -127,13 +132,16 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 
 // ensureDeviceLists downloads the device lists of the given accounts the
 // first time this plugin sends to them; later changes arrive as PEP
-// notifications. Failures are reported, not returned: encryption then
-// uses what is known and fails closed if that is nothing.
-func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, accounts ...jid.JID) {
+// notifications. Failures are reported and returned joined, but they do
+// not stop the send: encryption uses what is known and fails closed if
+// that is nothing (a list the server refused to show leaves the known
+// devices as they are).
+func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, accounts ...jid.JID) error {
 	// All accounts in parallel: a first message should cost one round of
 	// device-list fetches, then one round of bundle fetches.
 	var wg sync.WaitGroup
-	for _, a := range accounts {
+	errs := make([]error, len(accounts))
+	for i, a := range accounts {
 		key := a.Bare().String()
 		p.mu.Lock()
 		done := p.refreshed[key]
@@ -146,7 +154,8 @@ func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, ac
 			defer wg.Done()
 			err := mgr.RefreshDeviceLists(ctx, key)
 			if err != nil {
-				p.report(fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err))
+				errs[i] = fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err)
+				p.report(errs[i])
 				devs, derr := mgr.Devices(ctx, key)
 				if derr != nil || len(devs) == 0 {
 					return
@@ -158,6 +167,7 @@ func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, ac
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // bodyContent is the SCE content of a chat message.

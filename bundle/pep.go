@@ -71,7 +71,7 @@ func Publish(ctx context.Context, s *xmpp.Session, deviceID uint32, b Bundle) er
 		return err
 	}
 	if err := pep.Publish(ctx, s, node, item, b.TokenReader(), publishOptions(b.Namespace)); err != nil {
-		return fmt.Errorf("bundle: publishing %s bundle of device %d: %w", b.Namespace, deviceID, err)
+		return fmt.Errorf("bundle: publishing %s bundle of device %d: %w", b.Namespace, deviceID, pep.ExplainOpenAccess(err, "the OMEMO bundle"))
 	}
 	return nil
 }

@@ -20,6 +20,13 @@ import (
 // ErrWrongElement), so errors.Is works for both.
 var ErrInvalidItem = errors.New("devicelist: published item is not a valid device list")
 
+// ErrAccessDenied is returned by Fetch when the server refused to let this
+// account read the device list (forbidden). It says nothing about the
+// owner's devices: callers keep what they know. Prosody also answers
+// forbidden to an account without a presence subscription when the node
+// does not exist, so it may mean that there is no list.
+var ErrAccessDenied = errors.New("devicelist: the server refused access to the device list")
+
 // ErrListRetracted is returned by FromEvent for a notification that the
 // device list item (ItemID) was retracted, or the node purged or deleted.
 // It says nothing about the account's devices: the list must be fetched
@@ -52,7 +59,7 @@ func Publish(ctx context.Context, s *xmpp.Session, l List) error {
 		return err
 	}
 	if err := pep.Publish(ctx, s, Node(l.Namespace), ItemID, l.TokenReader(), publishOptions); err != nil {
-		return fmt.Errorf("devicelist: publishing %s: %w", l.Namespace, err)
+		return fmt.Errorf("devicelist: publishing %s: %w", l.Namespace, pep.ExplainOpenAccess(err, "the OMEMO device list"))
 	}
 	return nil
 }
@@ -60,9 +67,11 @@ func Publish(ctx context.Context, s *xmpp.Session, l List) error {
 // Fetch fetches the device list of namespace published by owner (a bare
 // JID; the zero JID means the own account).
 //
-// A missing node or item, and a node the requester may not read (which
-// Prosody reports for missing nodes too), yield an empty List of namespace
-// and a nil error: the account announces no device.
+// A missing node or item yields an empty List of namespace and a nil
+// error: the account announces no device. A node the requester may not
+// read (forbidden, which Prosody also answers for a missing node of an
+// account without a presence subscription) yields an error wrapping
+// ErrAccessDenied: nothing is known about the devices then.
 //
 // The newest item is requested with max_items=1, so a bloated node does not
 // produce a large response.
@@ -82,6 +91,8 @@ func Fetch(ctx context.Context, s *xmpp.Session, owner jid.JID, namespace string
 	}
 	it, err := pep.FetchItemOrLatest(ctx, s, owner.Bare(), node, ItemID)
 	switch {
+	case errors.Is(err, pep.ErrForbidden):
+		return List{}, fmt.Errorf("%w (%s): %w", ErrAccessDenied, namespace, err)
 	case errors.Is(err, pep.ErrNotFound):
 		return List{Namespace: namespace}, nil
 	case err != nil:

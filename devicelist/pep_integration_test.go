@@ -55,16 +55,16 @@ func TestIntegrationPublishFetch(t *testing.T) {
 		ns.Legacy: {Namespace: ns.Legacy, Devices: []devicelist.Device{{ID: 2001}, {ID: 2002}, {ID: 2003}}},
 	}
 	for namespace, want := range lists {
-		// Nothing published yet: an empty list, for the owner and for a
-		// stranger (Prosody answers the stranger forbidden).
+		// Nothing published yet: an empty list for the owner; a stranger
+		// gets forbidden from Prosody, which is not "no devices".
 		for name, owner := range map[string]jid.JID{"own": {}, "own bare": srv.JID("alice")} {
 			got, err := devicelist.Fetch(ctx, alice, owner, namespace)
 			if err != nil || got.Namespace != namespace || len(got.Devices) != 0 {
 				t.Fatalf("%s: %s fetch before publishing: %+v, %v", namespace, name, got, err)
 			}
 		}
-		if got, err := devicelist.Fetch(ctx, bob, srv.JID("alice"), namespace); err != nil || got.Namespace != namespace || len(got.Devices) != 0 {
-			t.Fatalf("%s: stranger fetch before publishing: %+v, %v", namespace, got, err)
+		if got, err := devicelist.Fetch(ctx, bob, srv.JID("alice"), namespace); !errors.Is(err, devicelist.ErrAccessDenied) || !errors.Is(err, pep.ErrForbidden) {
+			t.Fatalf("%s: stranger fetch before publishing: %+v, %v; want ErrAccessDenied", namespace, got, err)
 		}
 
 		// A first version, then the real one: the item is replaced.
@@ -166,13 +166,17 @@ func TestIntegrationFetchQuirks(t *testing.T) {
 		}
 	}
 
-	// A deleted node reads as an empty list again.
+	// A deleted node reads as an empty list again for the owner; Prosody
+	// answers a stranger forbidden.
 	if err := pep.DeleteNode(ctx, alice, ns.OMEMO2Devices); err != nil {
 		t.Fatal(err)
 	}
-	got, err = devicelist.Fetch(ctx, bob, aliceJID, ns.OMEMO2)
+	got, err = devicelist.Fetch(ctx, alice, jid.JID{}, ns.OMEMO2)
 	if err != nil || got.Namespace != ns.OMEMO2 || len(got.Devices) != 0 {
 		t.Fatalf("after delete: %+v, %v", got, err)
+	}
+	if _, err := devicelist.Fetch(ctx, bob, aliceJID, ns.OMEMO2); !errors.Is(err, devicelist.ErrAccessDenied) {
+		t.Fatalf("stranger after delete: %v, want ErrAccessDenied", err)
 	}
 }
 

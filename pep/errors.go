@@ -33,6 +33,10 @@ var (
 	// have the structure XEP-0060 prescribes.
 	ErrMalformed = errors.New("pep: malformed pubsub element")
 
+	// ErrConfigRefused matches a *ConfigRefusedError: the service refused
+	// the node configuration that Publish needed.
+	ErrConfigRefused = errors.New("pep: node configuration refused")
+
 	// ErrSubscriptionPending is returned by Subscribe when the service
 	// accepted the request but has not approved the subscription (state
 	// "pending" or "unconfigured").
@@ -228,3 +232,62 @@ func clean(s string, max int) string {
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// ConfigRefusedError reports that the service refused to give a node the
+// configuration Publish asked for (its publish-options, as a node
+// configuration after precondition-not-met, or after a publish without
+// options). Nothing was published with that configuration.
+type ConfigRefusedError struct {
+	Node string
+	// Fields are the configuration fields asked for (var=value).
+	Fields []string
+	// Err is the service's answer, usually an *Error.
+	Err error
+}
+
+func (e *ConfigRefusedError) Error() string {
+	return "pep: the server refused to configure node " + e.Node + " with " + strings.Join(e.Fields, ", ") + ": " + e.Err.Error()
+}
+
+// Unwrap returns the service's answer.
+func (e *ConfigRefusedError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrConfigRefused) true.
+func (e *ConfigRefusedError) Is(target error) bool { return target == ErrConfigRefused }
+
+// Asked reports whether the refused configuration asked for field=value.
+func (e *ConfigRefusedError) Asked(field, value string) bool {
+	for _, f := range e.Fields {
+		if f == field+"="+value {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenAccessError is an ErrConfigRefused for a node that had to be readable
+// by everyone (access model open), put in words for the user: what the
+// node is for, and what the server's operator can do.
+type OpenAccessError struct {
+	// What names the node's content ("the OMEMO device list").
+	What string
+	*ConfigRefusedError
+}
+
+func (e *OpenAccessError) Error() string {
+	return "pep: " + e.What + " must be readable by everyone (PEP access model \"open\") so that contacts can encrypt for this device, " +
+		"and the server refused that for node " + e.Node + " (" + e.Err.Error() + "); the server's operator must allow the open access model for PEP nodes"
+}
+
+// Unwrap returns the ConfigRefusedError.
+func (e *OpenAccessError) Unwrap() error { return e.ConfigRefusedError }
+
+// ExplainOpenAccess returns err as an *OpenAccessError if it reports a
+// refused configuration that asked for the open access model, else err.
+func ExplainOpenAccess(err error, what string) error {
+	var cr *ConfigRefusedError
+	if errors.As(err, &cr) && cr.Asked(FieldAccessModel, "open") {
+		return &OpenAccessError{What: what, ConfigRefusedError: cr}
+	}
+	return err
+}

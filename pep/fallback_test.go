@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,5 +264,48 @@ func TestPublishRecovery(t *testing.T) {
 				t.Fatalf("requests %q, want %q", *log, tc.want)
 			}
 		})
+	}
+}
+
+// A service that refuses the open access model (precondition-not-met on
+// publish, not-acceptable on the reconfiguration) gets a typed error that
+// says what was refused, and ExplainOpenAccess puts it in plain words.
+func TestPublishConfigRefused(t *testing.T) {
+	s, log := fakeServer(t, func(op, max string) string {
+		if op == "publish" {
+			return condPrecondition
+		}
+		return condNotAcceptable
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := pep.Publish(ctx, s, "urn:xmpp:omemo:2:devices", "current", payload("p", "x"), pep.PublishOptions{AccessModel: "open", PersistItems: true, MaxItems: "1"})
+	var cr *pep.ConfigRefusedError
+	if !errors.As(err, &cr) || !errors.Is(err, pep.ErrConfigRefused) {
+		t.Fatalf("err = %v, want a *pep.ConfigRefusedError", err)
+	}
+	if cr.Node != "urn:xmpp:omemo:2:devices" || !cr.Asked(pep.FieldAccessModel, "open") {
+		t.Fatalf("refused %+v", cr)
+	}
+	var se *pep.Error
+	if !errors.As(err, &se) || se.Condition != stanza.NotAcceptable {
+		t.Fatalf("the server's answer is lost: %v", err)
+	}
+	if !reflect.DeepEqual(*log, []string{"publish 1", "configure 1", "publish ", "configure "}) {
+		t.Fatalf("requests %v", *log)
+	}
+	plain := pep.ExplainOpenAccess(fmt.Errorf("wrapped: %w", err), "the OMEMO device list")
+	var oa *pep.OpenAccessError
+	if !errors.As(plain, &oa) || !errors.Is(plain, pep.ErrConfigRefused) {
+		t.Fatalf("ExplainOpenAccess = %v", plain)
+	}
+	for _, want := range []string{"the OMEMO device list must be readable by everyone", `"open"`, "urn:xmpp:omemo:2:devices", "not-acceptable", "operator must allow"} {
+		if !strings.Contains(plain.Error(), want) {
+			t.Errorf("%q does not say %q", plain, want)
+		}
+	}
+	// Other failures stay as they are.
+	if other := errors.New("other"); pep.ExplainOpenAccess(other, "x") != other {
+		t.Fatal("ExplainOpenAccess changed an unrelated error")
 	}
 }

@@ -140,7 +140,9 @@ func Publish(ctx context.Context, s *xmpp.Session, node, itemID string, payload 
 		return err
 	}
 	var cerr error
+	var tried string
 	for _, maxItems := range candidates {
+		tried = maxItems
 		cerr = configure(ctx, s, node, opts.fields(maxItems))
 		var ce *Error
 		if cerr == nil || !errors.As(cerr, &ce) || !rejectsValue(ce) {
@@ -148,9 +150,27 @@ func Publish(ctx context.Context, s *xmpp.Session, node, itemID string, payload 
 		}
 	}
 	if cerr != nil {
-		return fmt.Errorf("pep: published without some publish-options (%w), but configuring the node failed: %w", err, cerr)
+		return refused(node, opts.fields(tried), cerr)
 	}
 	return nil
+}
+
+// refused returns the error of a refused node configuration; a failure
+// that is not the service's answer (the network, the context) stays as
+// it is.
+func refused(node string, fields [][2]string, err error) error {
+	var pe *Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	asked := make([]string, 0, len(fields))
+	for _, f := range fields {
+		if f[0] == "FORM_TYPE" {
+			continue
+		}
+		asked = append(asked, f[0]+"="+f[1])
+	}
+	return &ConfigRefusedError{Node: node, Fields: asked, Err: err}
 }
 
 // publishWithValues publishes with each max_items value in turn until one
@@ -174,7 +194,7 @@ func publishWithValues(ctx context.Context, s *xmpp.Session, node, itemID string
 				if errors.As(cerr, &ce) && rejectsValue(ce) && !last {
 					continue
 				}
-				return fmt.Errorf("pep: reconfiguring node after %w: %w", err, cerr)
+				return refused(node, opts.fields(maxItems), cerr)
 			}
 			err = publishOnce(ctx, s, node, itemID, item, opts, maxItems)
 			if err == nil {
