@@ -145,7 +145,8 @@ type Message struct {
 	// SentAt is the time the sender says it encrypted the message: the
 	// XEP-0420 <time> affix of an OMEMO 2 envelope, authenticated with the
 	// message (but read off the sender's clock); zero if the envelope has
-	// none, and for legacy OMEMO, which has no such field.
+	// none or an unparseable one, and for legacy OMEMO, which has no such
+	// field.
 	SentAt time.Time
 	// TimeMismatch reports that SentAt lies further than
 	// Config.MaxClockSkew from the sending time the stanza gives (Delay,
@@ -181,8 +182,11 @@ type Config struct {
 	// Label is the own device label used on the first run.
 	Label string
 	// OnError receives rejected messages (*DecryptError, also for
-	// forged carbons and archive results and for ErrQueueFull) and
-	// failures of background work. It is called from the Serve goroutine
+	// forged carbons and archive results and for ErrQueueFull), failures
+	// of background work, and warnings about messages that were delivered
+	// anyway: an error wrapping sce.ErrInvalidAffix names an ignored SCE
+	// affix and is reported just before the Handler gets the message. Only
+	// a *DecryptError means that a message was rejected. It is called from the Serve goroutine
 	// or the plugin's worker, never with a lock held: it must return
 	// quickly and must not call Send or send IQs.
 	// Errors are logged with Logger if nil.
@@ -218,8 +222,11 @@ type Config struct {
 	// mode: the application must call CatchUp or AfterHistorySync.
 	HistorySync bool
 	// RequireAffixes rejects OMEMO 2 messages whose SCE envelope lacks the
-	// <from> or <to> affix (present affixes are always checked, <rpad> is
-	// always required).
+	// <from> or <to> affix, or whose <from>, <to> or <time> affix is
+	// present but cannot be parsed (present affixes are always checked;
+	// <rpad> is always required, and may be empty). Without it such an
+	// affix is ignored as if absent: the message is delivered and OnError
+	// receives a warning wrapping sce.ErrInvalidAffix.
 	RequireAffixes bool
 	// Passthrough, if set, receives the message carbons and MAM results
 	// without OMEMO content: Handle owns those mux patterns, so they would

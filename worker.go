@@ -378,7 +378,15 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		if to.Equal(jid.JID{}) {
 			to = p.own
 		}
-		policy := sce.Policy{RequireRPad: true, RequireFrom: p.cfg.RequireAffixes, RequireTo: p.cfg.RequireAffixes}
+		// XEP-0384 requires <rpad> (it may be empty: XEP-0420 allows a
+		// 0-length padding). An affix that is present but unparseable
+		// counts as absent, unless RequireAffixes makes the plugin strict.
+		policy := sce.Policy{
+			RequireRPad:   true,
+			RequireFrom:   p.cfg.RequireAffixes,
+			RequireTo:     p.cfg.RequireAffixes,
+			StrictAffixes: p.cfg.RequireAffixes,
+		}
 		if err := env.Check(policy, in.sender, to); err != nil {
 			return fail(err)
 		}
@@ -389,9 +397,15 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		if err != nil {
 			return fail(err)
 		}
+		// The message is delivered; the affixes Check tolerated reach
+		// OnError as warnings (never as a *DecryptError, which means
+		// rejected), before the Handler sees the message.
+		for _, bad := range env.Invalid {
+			p.report(fmt.Errorf("omemo: %s message %q from %s delivered, its %s affix ignored: %w", dec.Namespace, in.msg.ID, out.From, bad.Affix, bad))
+		}
 		out.Body = body
 		out.Payload = bytes.Clone(env.Content)
-		out.SentAt = env.Time
+		out.SentAt = env.Time // zero if absent or invalid
 		out.TimeMismatch = p.timeMismatch(env.Time, in.delay)
 	case ns.Legacy:
 		out.Body = strings.ToValidUTF8(string(dec.Plaintext), "\uFFFD")

@@ -26,14 +26,47 @@ var (
 	room      = jid.MustParse("verona@rooms.capulet.lit")
 )
 
+// equal compares the values of two envelopes (not Dropped or Invalid);
+// an <rpad> counts as present when HasRPad is set or RPad is not empty.
 func equal(a, b *sce.Envelope) bool {
 	return bytes.Equal(a.Content, b.Content) && a.RPad == b.RPad &&
+		(a.HasRPad || a.RPad != "") == (b.HasRPad || b.RPad != "") &&
 		a.Time.Equal(b.Time) && a.To.Equal(b.To) && a.From.Equal(b.From)
 }
 
+// padReader yields the bytes of prefix, then 0, 1, 2, … (mod 256).
+type padReader struct {
+	prefix []byte
+	n      int
+}
+
+func (r *padReader) Read(p []byte) (int, error) {
+	for i := range p {
+		if len(r.prefix) > 0 {
+			p[i], r.prefix = r.prefix[0], r.prefix[1:]
+			continue
+		}
+		p[i] = byte(r.n)
+		r.n++
+	}
+	return len(p), nil
+}
+
+// padFor returns the padding New makes of a padReader: n characters of
+// the alphabet, starting at 'A'.
+func padFor(n int) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = alphabet[i%64]
+	}
+	return string(b)
+}
+
 func TestNewMarshalExact(t *testing.T) {
-	// 200 and 255 are rejected, 4 gives a length of 5; then the characters.
-	rnd := bytes.NewReader([]byte{200, 255, 4, 0, 1, 2, 3, 63})
+	// 200 and 255 are rejected, 4 gives a random part of 5 characters on
+	// top of the padding to MinPaddedSize; then the characters.
+	rnd := &padReader{prefix: []byte{200, 255, 4}}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 123456789, time.FixedZone("CET", 3600))
 	e, err := sce.New([]byte(`<body>hi &amp; bye</body>  <x xmlns='jabber:x:oob'><url>https://example.org/</url></x>`), romeoFull, julietRes, now, rnd)
 	if err != nil {
@@ -43,12 +76,17 @@ func TestNewMarshalExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `<envelope xmlns='urn:xmpp:sce:1'><content>` +
+	const head = `<envelope xmlns='urn:xmpp:sce:1'><content>` +
 		`<body xmlns='jabber:client'>hi &amp; bye</body><x xmlns='jabber:x:oob'><url>https://example.org/</url></x>` +
-		`</content><rpad>ABCD_</rpad><time stamp='2026-11-26T09:00:00Z'/>` +
+		`</content><rpad>`
+	const tail = `</rpad><time stamp='2026-11-26T09:00:00Z'/>` +
 		`<to jid='juliet@capulet.lit'/><from jid='romeo@montague.lit'/></envelope>`
+	want := head + padFor(sce.MinPaddedSize-len(head+tail)+5) + tail
 	if string(got) != want {
 		t.Errorf("Marshal:\n got %s\nwant %s", got, want)
+	}
+	if len(got) != sce.MinPaddedSize+5 || !e.HasRPad {
+		t.Errorf("envelope of %d bytes (HasRPad %v), want %d", len(got), e.HasRPad, sce.MinPaddedSize+5)
 	}
 	if !e.From.Equal(romeo) || !e.To.Equal(juliet) {
 		t.Errorf("New kept full JIDs: from %v to %v", e.From, e.To)
@@ -71,6 +109,21 @@ func TestNewOmitsZeroAffixes(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
+	if n := len(got) - sce.MinPaddedSize; n < 1 || n > sce.MaxRPad {
+		t.Errorf("envelope of %d bytes, want MinPaddedSize + 1..MaxRPad", len(got))
+	}
+}
+
+// Envelopes larger than MinPaddedSize get only the random part.
+func TestNewLargeEnvelopePadding(t *testing.T) {
+	body := `<body>` + strings.Repeat("x", 2*sce.MinPaddedSize) + `</body>`
+	e, err := sce.New([]byte(body), romeo, juliet, time.Time{}, &padReader{prefix: []byte{9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.RPad != padFor(10) {
+		t.Errorf("rpad %q, want %q", e.RPad, padFor(10))
+	}
 }
 
 func TestNewRPad(t *testing.T) {
@@ -81,13 +134,19 @@ func TestNewRPad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := len(e.RPad); n < 1 || n > sce.MaxRPad {
-			t.Fatalf("rpad length %d", n)
+		out, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Padded to MinPaddedSize, then 1..MaxRPad characters on top.
+		n := len(out) - sce.MinPaddedSize
+		if n < 1 || n > sce.MaxRPad || !e.HasRPad {
+			t.Fatalf("envelope of %d bytes, rpad of %d", len(out), len(e.RPad))
 		}
 		if strings.Trim(e.RPad, alphabet) != "" {
 			t.Fatalf("rpad %q has characters outside the URL-safe alphabet", e.RPad)
 		}
-		lengths[len(e.RPad)] = true
+		lengths[n] = true
 	}
 	if len(lengths) < 150 {
 		t.Errorf("only %d distinct padding lengths in 2000 envelopes", len(lengths))
@@ -159,6 +218,9 @@ func TestRoundTrip(t *testing.T) {
 		3: {Content: []byte(`<html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml' xml:lang='en'><p style='a&apos;b&#xA;'>x</p></body></html>`), From: romeoFull},
 		4: {Content: []byte(`<a xmlns='urn:a' xmlns:ns0='urn:b' ns0:x='1' xmlns:ns1='urn:c' ns1:x='2' x='3'><b xmlns='jabber:client'></b></a>`), RPad: " \t\n"},
 		5: {Content: []byte(`<reply xmlns='urn:xmpp:reply:0' to='juliet@capulet.lit/balcony' id='1'></reply><body xmlns='jabber:client'>日本語 🙂</body>`), Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
+		// An empty but present padding survives the round trip.
+		6: {Content: []byte(`<body xmlns='jabber:client'>hi</body>`), HasRPad: true, From: romeo},
+		7: {HasRPad: true, RPad: "p"},
 	} {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			data, err := e.Marshal()
@@ -176,7 +238,16 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil || !bytes.Equal(again, data) {
 				t.Errorf("re-marshal = %s, %v; want %s", again, err, data)
 			}
+			hasRPad := e.HasRPad || e.RPad != ""
+			if got.HasRPad != hasRPad || len(got.Invalid) != 0 {
+				t.Errorf("Parse(%s): HasRPad %v, Invalid %v", data, got.HasRPad, got.Invalid)
+			}
 		})
+	}
+	// The empty padding is written as <rpad/>.
+	data, err := (&sce.Envelope{HasRPad: true}).Marshal()
+	if want := `<envelope xmlns='urn:xmpp:sce:1'><content></content><rpad/></envelope>`; err != nil || string(data) != want {
+		t.Errorf("Marshal = %s, %v; want %s", data, err, want)
 	}
 }
 
@@ -272,6 +343,11 @@ func TestParseLenient(t *testing.T) {
 		// Predefined and character entities.
 		5: {`<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>&lt;&#65;&#x42;&quot;</body></content><rpad>&amp;</rpad></envelope>`,
 			sce.Envelope{Content: []byte(`<body xmlns='jabber:client'>&lt;AB"</body>`), RPad: "&"}},
+		// A 0-length padding (XEP-0420 0.5.0), in every spelling.
+		6: {`<envelope xmlns='urn:xmpp:sce:1'><content/><rpad/></envelope>`, sce.Envelope{HasRPad: true}},
+		7: {`<envelope xmlns='urn:xmpp:sce:1'><content/><rpad></rpad></envelope>`, sce.Envelope{HasRPad: true}},
+		8: {`<envelope xmlns='urn:xmpp:sce:1'><content/><rpad><!-- c --></rpad></envelope>`, sce.Envelope{HasRPad: true}},
+		9: {`<envelope xmlns='urn:xmpp:sce:1'><content/><rpad><![CDATA[]]></rpad></envelope>`, sce.Envelope{HasRPad: true}},
 	} {
 		e, err := sce.Parse([]byte(c.in))
 		if err != nil {
@@ -280,6 +356,9 @@ func TestParseLenient(t *testing.T) {
 		}
 		if !equal(e, &c.want) {
 			t.Errorf("%d:\n got %q %+v\nwant %q %+v", i, e.Content, e, c.want.Content, c.want)
+		}
+		if e.HasRPad != (c.want.HasRPad || c.want.RPad != "") || len(e.Invalid) != 0 {
+			t.Errorf("%d: HasRPad %v, Invalid %v", i, e.HasRPad, e.Invalid)
 		}
 	}
 }
@@ -322,11 +401,13 @@ func TestParseHostile(t *testing.T) {
 		28: {env + `<content/>text</envelope>`, sce.ErrMalformed},
 		29: {env + `<content/></envelope>junk`, sce.ErrMalformed},
 		30: {env + `<content/><rpad><b/></rpad></envelope>`, sce.ErrMalformed},
-		31: {env + `<content/><time/></envelope>`, sce.ErrMalformed},
-		32: {env + `<content/><time stamp='yesterday'/></envelope>`, sce.ErrMalformed},
-		33: {env + `<content/><to/></envelope>`, sce.ErrMalformed},
-		34: {env + `<content/><from jid=''/></envelope>`, sce.ErrMalformed},
-		35: {env + `<content/><from jid='@'/></envelope>`, sce.ErrMalformed},
+		// Invalid affix values are tolerated (TestParseInvalidAffixes),
+		// structural errors in affixes are not.
+		31: {env + `<content/><time stamp='yesterday' stamp='today'/></envelope>`, sce.ErrMalformed},
+		32: {env + `<content/><time stamp='yesterday'/><time stamp='2004-01-25T06:05:00Z'/></envelope>`, sce.ErrMalformed},
+		33: {env + `<content/><to><b></to></envelope>`, sce.ErrMalformed},
+		34: {env + `<content/><from jid=''/><from jid='a@b'/></envelope>`, sce.ErrMalformed},
+		35: {env + `<content/><from jid='@' p:x='1'/></envelope>`, sce.ErrMalformed},
 		36: {env + `<content><body></content></envelope>`, sce.ErrMalformed},
 		37: {env + `<content/>`, sce.ErrMalformed},
 		38: {env + `<content><body xmlns='jabber:client'>&#0;</body></content></envelope>`, sce.ErrMalformed},
@@ -334,8 +415,8 @@ func TestParseHostile(t *testing.T) {
 		40: {env + `<content><xml:a/></content></envelope>`, sce.ErrMalformed},
 		41: {env + `<content><a xmlns:p=''/></content></envelope>`, sce.ErrMalformed},
 		42: {env + `<content><a:b:c xmlns:a='urn:a'/></content></envelope>`, sce.ErrMalformed},
-		43: {env + `<content/><time stamp='0001-01-01T00:00:00Z'/></envelope>`, sce.ErrMalformed},
-		44: {env + `<content/><time stamp='0000-01-01T00:00:00+01:00'/></envelope>`, sce.ErrMalformed},
+		43: {env + `<content/><rpad/><rpad/></envelope>`, sce.ErrMalformed},
+		44: {env + `<content/><rpad/><time stamp='x'></envelope>`, sce.ErrMalformed},
 		45: {env + `<content attr=unquoted/></envelope>`, sce.ErrMalformed},
 		46: {"<envelope xmlns='urn:xmpp:sce:1'>\x00<content/></envelope>", sce.ErrMalformed},
 	} {
@@ -355,13 +436,91 @@ func TestParseErrorsDoNotEchoInput(t *testing.T) {
 		`<envelope xmlns='urn:xmpp:sce:1'><content><body>` + secret + `&` + secret + `;</body></content></envelope>`,
 		`<envelope xmlns='urn:xmpp:sce:1'><content><` + secret + `:x/></content></envelope>`,
 		`<envelope xmlns='urn:xmpp:sce:1'><content/><from jid='` + secret + `@@'/></envelope>`,
+		`<envelope xmlns='urn:xmpp:sce:1'><content/><to jid='` + secret + `@@'/></envelope>`,
 		`<envelope xmlns='urn:xmpp:sce:1'><content/><time stamp='` + secret + `'/></envelope>`,
 		`<envelope xmlns='urn:xmpp:sce:1'><content><a></` + secret + `></content></envelope>`,
 	} {
-		_, err := sce.Parse([]byte(in))
-		if err == nil || strings.Contains(err.Error(), secret) {
-			t.Errorf("Parse error %v echoes the input", err)
+		// Invalid affixes are no Parse error: Check reports them.
+		e, err := sce.Parse([]byte(in))
+		if err == nil {
+			err = e.Check(sce.Policy{StrictAffixes: true}, romeo, juliet)
+			for _, ie := range e.Invalid {
+				if strings.Contains(ie.Error(), secret) {
+					t.Errorf("Invalid %v echoes the input", ie)
+				}
+			}
 		}
+		if err == nil || strings.Contains(err.Error(), secret) {
+			t.Errorf("error %v echoes the input", err)
+		}
+	}
+}
+
+// An affix whose value cannot be parsed is recorded in Invalid and left
+// zero; the envelope itself parses.
+func TestParseInvalidAffixes(t *testing.T) {
+	const env = `<envelope xmlns='urn:xmpp:sce:1'><content><body>hi</body></content><rpad>p</rpad>`
+	for i, c := range []struct {
+		in     string
+		affix  string
+		reason string
+	}{
+		0:  {env + `<time/></envelope>`, "time", "no stamp attribute"},
+		1:  {env + `<time stamp='yesterday'/></envelope>`, "time", "stamp is not an XEP-0082 DateTime"},
+		2:  {env + `<time stamp='garbage'/></envelope>`, "time", "stamp is not an XEP-0082 DateTime"},
+		3:  {env + `<time stamp=''/></envelope>`, "time", "stamp is not an XEP-0082 DateTime"},
+		4:  {env + `<time stamp='2004-01-25 06:05:00'/></envelope>`, "time", "stamp is not an XEP-0082 DateTime"},
+		5:  {env + `<time stamp='0001-01-01T00:00:00Z'/></envelope>`, "time", "stamp out of range"},
+		6:  {env + `<time stamp='0000-01-01T00:00:00+01:00'/></envelope>`, "time", "stamp out of range"},
+		7:  {env + `<time Stamp='2004-01-25T06:05:00Z'/></envelope>`, "time", "no stamp attribute"},
+		8:  {env + `<to/></envelope>`, "to", "no jid attribute"},
+		9:  {env + `<to jid='@'/></envelope>`, "to", "jid is not a valid JID"},
+		10: {env + `<from jid=''/></envelope>`, "from", "jid is not a valid JID"},
+		11: {env + `<from jid='@'/></envelope>`, "from", "jid is not a valid JID"},
+		12: {env + `<from xmlns:p='urn:p' p:jid='romeo@montague.lit'/></envelope>`, "from", "no jid attribute"},
+		// An empty final label: jid.Parse strips one dot and keeps the
+		// other, which the string form would lose (found by FuzzParse).
+		13: {env + `<from jid='romeo@montague.lit..'/></envelope>`, "from", "jid is not a valid JID"},
+		14: {env + `<to jid='000000000..'/></envelope>`, "to", "jid is not a valid JID"},
+	} {
+		e, err := sce.Parse([]byte(c.in))
+		if err != nil {
+			t.Errorf("%d: %v", i, err)
+			continue
+		}
+		want := sce.InvalidAffixError{Affix: c.affix, Reason: c.reason}
+		if len(e.Invalid) != 1 || *e.Invalid[0] != want {
+			t.Errorf("%d: Invalid = %v, want %v", i, e.Invalid, want)
+			continue
+		}
+		if !errors.Is(e.Invalid[0], sce.ErrInvalidAffix) || errors.Is(e.Invalid[0], sce.ErrMalformed) {
+			t.Errorf("%d: %v does not match ErrInvalidAffix only", i, e.Invalid[0])
+		}
+		if !e.Time.IsZero() || !e.To.Equal(jid.JID{}) || !e.From.Equal(jid.JID{}) {
+			t.Errorf("%d: invalid affix kept a value: %+v", i, e)
+		}
+		if string(e.Content) != `<body xmlns='jabber:client'>hi</body>` || e.RPad != "p" {
+			t.Errorf("%d: content %q rpad %q", i, e.Content, e.RPad)
+		}
+	}
+
+	// Several at once, in document order, next to valid ones.
+	e, err := sce.Parse([]byte(env + `<from jid='@'/><time stamp='x'/><to jid='juliet@capulet.lit'/></envelope>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Invalid) != 2 || e.Invalid[0].Affix != "from" || e.Invalid[1].Affix != "time" || !e.To.Equal(juliet) {
+		t.Errorf("Invalid = %v, To = %v", e.Invalid, e.To)
+	}
+	// One final dot is part of the JID syntax (RFC 7622, 3.2).
+	e2, err := sce.Parse([]byte(env + `<to jid='juliet@capulet.lit.'/></envelope>`))
+	if err != nil || len(e2.Invalid) != 0 || !e2.To.Equal(juliet) {
+		t.Errorf("to with a final dot: %v, %+v", err, e2)
+	}
+	// Marshal leaves the invalid affixes out.
+	out, err := e.Marshal()
+	if err != nil || strings.Contains(string(out), "<from") || strings.Contains(string(out), "<time") {
+		t.Errorf("Marshal = %s, %v", out, err)
 	}
 }
 
@@ -423,6 +582,116 @@ func TestCheck(t *testing.T) {
 	var ae *sce.AffixError
 	if !errors.As(err, &ae) || *ae != (sce.AffixError{Affix: "from", Want: "juliet@capulet.lit", Got: "romeo@montague.lit"}) {
 		t.Errorf("AffixError = %#v", err)
+	}
+}
+
+// RequireRPad asks for the element, not for its length: XEP-0420 allows
+// a 0-length padding, XEP-0384 requires the element.
+func TestCheckRPad(t *testing.T) {
+	const env = `<envelope xmlns='urn:xmpp:sce:1'><content><body>hi</body></content>`
+	for i, c := range []struct {
+		in      string
+		present bool
+	}{
+		0: {env + `<rpad/></envelope>`, true},
+		1: {env + `<rpad></rpad></envelope>`, true},
+		2: {env + `<rpad>x</rpad></envelope>`, true},
+		3: {env + `</envelope>`, false},
+		4: {env + `<rpad xmlns='urn:other'/></envelope>`, false},
+		5: {env + `<padding/></envelope>`, false},
+	} {
+		e, err := sce.Parse([]byte(c.in))
+		if err != nil {
+			t.Errorf("%d: %v", i, err)
+			continue
+		}
+		err = e.Check(sce.Policy{RequireRPad: true}, romeo, juliet)
+		if c.present {
+			if err != nil || !e.HasRPad {
+				t.Errorf("%d: HasRPad %v, Check = %v", i, e.HasRPad, err)
+			}
+			continue
+		}
+		if !errors.Is(err, sce.ErrMissingAffix) || e.HasRPad {
+			t.Errorf("%d: HasRPad %v, Check = %v; want ErrMissingAffix", i, e.HasRPad, err)
+		}
+		if err := e.Check(sce.Policy{}, romeo, juliet); err != nil {
+			t.Errorf("%d: rpad not required: %v", i, err)
+		}
+	}
+	// Hand-built envelopes: a non-empty RPad counts as present.
+	for i, c := range []struct {
+		e       sce.Envelope
+		present bool
+	}{
+		0: {sce.Envelope{RPad: "x"}, true},
+		1: {sce.Envelope{HasRPad: true}, true},
+		2: {sce.Envelope{HasRPad: true, RPad: "x"}, true},
+		3: {sce.Envelope{}, false},
+	} {
+		err := c.e.Check(sce.Policy{RequireRPad: true}, romeo, juliet)
+		if (err == nil) != c.present {
+			t.Errorf("hand-built %d: Check = %v", i, err)
+		}
+	}
+}
+
+// An invalid affix counts as absent, unless the Policy requires the affix
+// or is strict; a present affix that contradicts the stanza is always an
+// error.
+func TestCheckInvalidAffixes(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	const env = `<envelope xmlns='urn:xmpp:sce:1'><content><body>hi</body></content><rpad/>`
+	for i, c := range []struct {
+		in    string
+		p     sce.Policy
+		err   error
+		affix string // of the *InvalidAffixError, or of the *AffixError for ErrAffixMismatch
+	}{
+		// The time is only informational: tolerated unless strict.
+		0: {in: `<time stamp='garbage'/>`, p: sce.Policy{RequireRPad: true, MaxSkew: time.Minute, Now: clock}},
+		1: {in: `<time stamp='garbage'/>`, p: sce.Policy{RequireRPad: true, StrictAffixes: true}, err: sce.ErrInvalidAffix, affix: "time"},
+		2: {in: `<time/>`, p: sce.Policy{StrictAffixes: true}, err: sce.ErrInvalidAffix, affix: "time"},
+		3: {in: `<time stamp='0001-01-01T00:00:00Z'/>`, p: sce.Policy{StrictAffixes: true}, err: sce.ErrInvalidAffix, affix: "time"},
+		// Optional from and to: tolerated unless strict.
+		4: {in: `<from jid='@'/><to jid=''/>`, p: sce.Policy{RequireRPad: true}},
+		5: {in: `<from jid='@'/>`, p: sce.Policy{StrictAffixes: true}, err: sce.ErrInvalidAffix, affix: "from"},
+		6: {in: `<to/>`, p: sce.Policy{StrictAffixes: true}, err: sce.ErrInvalidAffix, affix: "to"},
+		// Required ones: an invalid affix does not stand in for them.
+		7: {in: `<from jid='@'/><to jid='juliet@capulet.lit'/>`, p: sce.Policy{RequireFrom: true, RequireTo: true}, err: sce.ErrInvalidAffix, affix: "from"},
+		8: {in: `<from jid='romeo@montague.lit'/><to jid='@'/>`, p: sce.Policy{RequireTo: true}, err: sce.ErrInvalidAffix, affix: "to"},
+		// A valid affix that contradicts the stanza still rejects,
+		// whatever else is invalid.
+		9:  {in: `<time stamp='garbage'/><from jid='mallory@evil.example'/>`, err: sce.ErrAffixMismatch, affix: "from"},
+		10: {in: `<from jid='@'/><to jid='verona@rooms.capulet.lit'/>`, err: sce.ErrAffixMismatch, affix: "to"},
+		// Strict, but nothing is invalid.
+		11: {in: `<time stamp='2026-11-26T11:59:00Z'/><from jid='romeo@montague.lit'/>`, p: sce.Policy{StrictAffixes: true, RequireRPad: true, MaxSkew: time.Hour, Now: clock}},
+	} {
+		e, err := sce.Parse([]byte(env + c.in + `</envelope>`))
+		if err != nil {
+			t.Errorf("%d: Parse: %v", i, err)
+			continue
+		}
+		err = e.Check(c.p, romeoFull, juliet)
+		if c.err == nil {
+			if err != nil {
+				t.Errorf("%d: Check = %v", i, err)
+			}
+			continue
+		}
+		if !errors.Is(err, c.err) {
+			t.Errorf("%d: Check = %v, want %v", i, err, c.err)
+			continue
+		}
+		var ie *sce.InvalidAffixError
+		var ae *sce.AffixError
+		switch {
+		case c.err == sce.ErrInvalidAffix && (!errors.As(err, &ie) || ie.Affix != c.affix):
+			t.Errorf("%d: Check = %#v, want an InvalidAffixError for %s", i, err, c.affix)
+		case c.err == sce.ErrAffixMismatch && (!errors.As(err, &ae) || ae.Affix != c.affix):
+			t.Errorf("%d: Check = %#v, want an AffixError for %s", i, err, c.affix)
+		}
 	}
 }
 

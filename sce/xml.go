@@ -398,10 +398,14 @@ func (c *contentReader) Token() (xml.Token, error) {
 // Other children of the envelope (unknown affixes) are ignored, and
 // server-processed elements among the children of <content> are dropped
 // (named in Dropped).
-// <time> needs a 'stamp' (RFC 3339 / XEP-0082 DateTime), <to> and <from>
+// <time> carries a 'stamp' (RFC 3339 / XEP-0082 DateTime), <to> and <from>
 // a 'jid'; JIDs are kept as sent, Check compares their bare forms.
-// The time is returned in UTC. The rpad text is kept verbatim and may be
-// longer than MaxRPad.
+// An affix whose attribute is missing or cannot be parsed (or a stamp
+// outside the years 0000 to 9999, or the zero time) is not an error: its
+// field stays zero and an *InvalidAffixError is appended to Invalid.
+// The time is returned in UTC. The rpad text is kept verbatim, may be
+// empty (HasRPad tells an empty <rpad/> from an absent one) or longer
+// than MaxRPad, and must not contain elements.
 //
 // Errors wrap ErrTooLarge, ErrTooDeep or ErrMalformed and do not quote the
 // input. Parse never panics.
@@ -490,21 +494,24 @@ func parseEnvelope(r *reader) (*Envelope, error) {
 				e.Content, e.Dropped, err = readContent(r)
 			case "rpad":
 				e.RPad, err = readText(r)
+				e.HasRPad = true
 			case "time":
-				e.Time, err = parseStamp(t)
-				if err == nil {
-					err = r.skip()
+				var bad *InvalidAffixError
+				if e.Time, bad = parseStamp(t); bad != nil {
+					e.Invalid = append(e.Invalid, bad)
 				}
-			case "to":
-				e.To, err = parseJIDAttr(t)
-				if err == nil {
-					err = r.skip()
+				err = r.skip()
+			case "to", "from":
+				j, bad := parseJIDAttr(t)
+				if bad != nil {
+					e.Invalid = append(e.Invalid, bad)
 				}
-			case "from":
-				e.From, err = parseJIDAttr(t)
-				if err == nil {
-					err = r.skip()
+				if name == "to" {
+					e.To = j
+				} else {
+					e.From = j
 				}
+				err = r.skip()
 			}
 			if err != nil {
 				return nil, err
@@ -599,32 +606,44 @@ func attr(t xml.StartElement, local string) (string, bool) {
 	return "", false
 }
 
-func parseStamp(t xml.StartElement) (time.Time, error) {
+// parseStamp returns the time of a <time> affix, or why it has none.
+func parseStamp(t xml.StartElement) (time.Time, *InvalidAffixError) {
+	bad := func(reason string) (time.Time, *InvalidAffixError) {
+		return time.Time{}, &InvalidAffixError{Affix: "time", Reason: reason}
+	}
 	v, ok := attr(t, "stamp")
 	if !ok {
-		return time.Time{}, malformed("time without stamp")
+		return bad("no stamp attribute")
 	}
 	ts, err := time.Parse(time.RFC3339, v)
 	if err != nil {
-		return time.Time{}, malformed("invalid time stamp")
+		return bad("stamp is not an XEP-0082 DateTime")
 	}
 	ts = ts.UTC()
 	if y := ts.Year(); y < 0 || y > 9999 || ts.IsZero() {
-		return time.Time{}, malformed("time stamp out of range")
+		return bad("stamp out of range")
 	}
 	return ts, nil
 }
 
-func parseJIDAttr(t xml.StartElement) (jid.JID, error) {
+// parseJIDAttr returns the JID of a <to> or <from> affix, or why it has
+// none.
+func parseJIDAttr(t xml.StartElement) (jid.JID, *InvalidAffixError) {
 	v, ok := attr(t, "jid")
 	if !ok {
-		return jid.JID{}, malformed(t.Name.Local + " without jid")
+		return jid.JID{}, &InvalidAffixError{Affix: t.Name.Local, Reason: "no jid attribute"}
 	}
 	j, err := jid.Parse(v)
-	if err != nil {
-		return jid.JID{}, malformed("invalid JID in " + t.Name.Local)
+	if err == nil && !isZero(j) {
+		// jid.Parse strips one final dot of the domainpart (RFC 7622,
+		// 3.2), so "example.org.." gives the domainpart "example.org.",
+		// an empty DNS label, whose string form parses to another JID.
+		// Only JIDs that Marshal writes back unchanged are accepted.
+		if again, err := jid.Parse(j.String()); err == nil && again.Equal(j) {
+			return j, nil
+		}
 	}
-	return j, nil
+	return jid.JID{}, &InvalidAffixError{Affix: t.Name.Local, Reason: "jid is not a valid JID"}
 }
 
 func escapeText(b *bytes.Buffer, s string) { escape(b, s, false) }
