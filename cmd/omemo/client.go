@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -127,6 +130,12 @@ type client struct {
 
 // open opens the store, logs in, registers the plugin and starts it (which
 // publishes this device), then sends the available presence.
+//
+// An existing state file is opened before connecting, so that a damaged,
+// locked or unreadable one fails at once, without a login. A new one is
+// created only after the login succeeded: a wrong password or an
+// unreachable server must not leave a new file (and with it a device
+// identity) behind. That it could be created is checked before connecting.
 func open(ctx context.Context, g *globals, out *output) (*client, error) {
 	if g.password == "" {
 		return nil, fmt.Errorf("no password: use -password or the environment variable %s", passwordEnv)
@@ -139,29 +148,21 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 			return nil, fmt.Errorf("state file: %w", err)
 		}
 	}
-	// The store is opened before connecting, so that a bad state file
-	// fails at once, without a login.
-	st, err := store.Open(path, nil)
-	if err != nil {
-		switch {
-		case errors.Is(err, store.ErrLocked):
-			return nil, fmt.Errorf("state file %s is in use by another omemo process: %w", path, err)
-		case errors.Is(err, store.ErrCorrupt):
-			// store.Open leaves a damaged file as it is, and so does the
-			// command: replacing it would silently give the account a
-			// new device identity and lose its sessions.
-			// An older copy is no remedy: its ratchet state is behind the
-			// peers' (see the README on backups).
-			return nil, fmt.Errorf("state file %s is corrupt (damaged, or not an omemo state file) and was left unchanged; "+
-				"move it away to start over as a new device with new keys (an older copy of it would reuse message keys): %w", path, err)
-		case errors.Is(err, store.ErrVersion):
-			return nil, fmt.Errorf("state file %s was written by a newer version of omemo: %w", path, err)
+	var st *store.Bolt
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		if err := checkCreatable(path); err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("opening state file %s: %w", path, err)
+	} else if st, err = openState(path); err != nil {
+		// Any other error of Stat (permissions, a file in place of a
+		// directory…) is reported as opening it reports it.
+		return nil, err
 	}
 	sess, cancel, err := connect(ctx, g, out)
 	if err != nil {
-		_ = st.Close()
+		if st != nil {
+			_ = st.Close()
+		}
 		return nil, err
 	}
 	c := &client{
@@ -172,6 +173,14 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 		inbox:      &inbox{ch: make(chan omemo.Message, 64), closing: make(chan struct{})},
 		serveDone:  make(chan struct{}),
 		sessCancel: cancel,
+	}
+	if st == nil {
+		out.progress("creating the state file %s (a new device)…", path)
+		if st, err = openState(path); err != nil {
+			c.closeSession()
+			return nil, err
+		}
+		c.st = st
 	}
 	logger := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p, err := omemo.New(sess, omemo.Config{
@@ -211,6 +220,48 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 	mgr := p.Manager()
 	out.progress("device %d of %s ready", mgr.DeviceID(), g.account.Bare())
 	return c, nil
+}
+
+// openState opens (or creates) the state file at path and explains the
+// errors a user can do something about.
+func openState(path string) (*store.Bolt, error) {
+	st, err := store.Open(path, nil)
+	if err != nil {
+		switch {
+		case errors.Is(err, store.ErrLocked):
+			return nil, fmt.Errorf("state file %s is in use by another omemo process: %w", path, err)
+		case errors.Is(err, store.ErrCorrupt):
+			// store.Open leaves a damaged file as it is, and so does the
+			// command: replacing it would silently give the account a
+			// new device identity and lose its sessions.
+			// An older copy is no remedy: its ratchet state is behind the
+			// peers' (see the README on backups).
+			return nil, fmt.Errorf("state file %s is corrupt (damaged, or not an omemo state file) and was left unchanged; "+
+				"move it away to start over as a new device with new keys (an older copy of it would reuse message keys): %w", path, err)
+		case errors.Is(err, store.ErrVersion):
+			return nil, fmt.Errorf("state file %s was written by a newer version of omemo: %w", path, err)
+		}
+		return nil, fmt.Errorf("opening state file %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// checkCreatable checks, without creating anything, that the state file
+// path, which does not exist, could be created: its directory exists and
+// (where the system can tell) is writable.
+func checkCreatable(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state file %s cannot be created: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state file %s cannot be created: %s is not a directory", path, dir)
+	}
+	if err := dirWritable(dir); err != nil {
+		return fmt.Errorf("state file %s cannot be created: %w", path, err)
+	}
+	return nil
 }
 
 // connect resolves the server, connects and negotiates the session

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mellium.im/omemo"
+	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/session"
 	"mellium.im/omemo/trust"
 	"mellium.im/xmpp/jid"
@@ -95,6 +96,8 @@ func (c *client) sendError(ctx context.Context, to jid.JID, err error) error {
 	switch {
 	case errors.Is(err, session.ErrStillUndecided):
 		return c.undecidedError(ctx, to, err)
+	case errors.Is(err, session.ErrNoEligibleDevices) && errors.Is(err, devicelist.ErrAccessDenied):
+		return fmt.Errorf("not sent: no device of %s can be encrypted for: the server refused access to the device list (it may also have none): %w", to.Bare(), err)
 	case errors.Is(err, session.ErrNoEligibleDevices):
 		return fmt.Errorf("not sent: no device of %s can be encrypted for (no OMEMO device published, or all distrusted): %w", to.Bare(), err)
 	}
@@ -133,9 +136,19 @@ func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) er
 	return &termError{msg: b.String(), err: cause}
 }
 
-// echo answers a received message with "echo: " + its text.
+// receivedText reports whether m is a received message with a text: not
+// the copy of a message that another device of the account sent (a sent
+// carbon, Message.Sent), and not a message without a body (such as an
+// encrypted chat state). listen -count counts these messages and -echo
+// answers them; every message is printed.
+func receivedText(m omemo.Message) bool {
+	return !m.Sent && m.Body != ""
+}
+
+// echo answers a received message that has a text (see receivedText)
+// with "echo: " + its text.
 func (c *client) echo(ctx context.Context, m omemo.Message) {
-	if m.Sent || m.Body == "" {
+	if !receivedText(m) {
 		return
 	}
 	to := m.From.Bare()
@@ -191,7 +204,7 @@ func setupSend(fs *flag.FlagSet) runFunc {
 
 func setupListen(fs *flag.FlagSet) runFunc {
 	dur := fs.Duration("for", 0, "exit after `DURATION` (default: until interrupted)")
-	count := fs.Int("count", 0, "exit after `N` messages (default: until interrupted)")
+	count := fs.Int("count", 0, "exit after `N` messages (default: until interrupted; copies of messages sent by the account's other devices and messages without a text do not count)")
 	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted`)
 	return func(ctx context.Context, g *globals, args []string, e env) error {
 		if len(args) > 0 {
@@ -212,7 +225,11 @@ func setupListen(fs *flag.FlagSet) runFunc {
 			for *count == 0 || n < *count {
 				select {
 				case m := <-c.inbox.ch:
-					n++
+					// Every message is printed; only
+					// received ones with a text count.
+					if receivedText(m) {
+						n++
+					}
 					c.printMessage(m)
 					if *echo {
 						c.echo(ctx, m)
@@ -391,7 +408,9 @@ func (c *client) devices(ctx context.Context, account jid.JID) ([]session.Device
 		return append([]session.DeviceInfo{self}, others...), self.DeviceID, nil
 	}
 	c.out.progress("fetching the device lists and bundles of %s…", account)
-	if err := mgr.RefreshDeviceLists(qctx, account.String()); err != nil {
+	if err := mgr.RefreshDeviceLists(qctx, account.String()); errors.Is(err, devicelist.ErrAccessDenied) {
+		c.out.warn("the server refused access to the device list of %s (it may also have none); showing the devices known from before: %v", account, err)
+	} else if err != nil {
 		c.out.warn("refreshing the device lists of %s: %v", account, err)
 	}
 	devs, err := mgr.Devices(qctx, account.String())

@@ -25,11 +25,19 @@
 //	trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
 //	fingerprint                            own device id and fingerprint
 //
+// The text of send is the rest of the command line after its flags. A word
+// of it that is one of send's flags (-to, --wait, -wait=5s, -h…) or a global
+// flag is refused as a usage error: flags go before the text. To send any
+// text exactly as given, put -- before it:
+//
+//	omemo -jid alice@example.org send -to bob@example.org -- -wait is a flag
+//
 // Every command logs in (STARTTLS, SASL, resource binding), opens the OMEMO
 // state file (which holds the private keys of this device: keep it private),
 // publishes this device and sends an available presence, so that messages to
-// the bare JID are delivered to it. Only OMEMO encrypted messages are shown:
-// unencrypted messages are ignored.
+// the bare JID are delivered to it. An existing state file is opened before
+// connecting; a new one is created only after the login succeeded. Only
+// OMEMO encrypted messages are shown: unencrypted messages are ignored.
 //
 // Errors go to stderr and the exit status is 1 (2 for usage errors).
 // Progress goes to stderr unless -json is set.
@@ -92,6 +100,10 @@ commands:
   devices [-jid JID]                     id, label, fingerprint, trust, backends and active flag of each device
   trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
   fingerprint                            own device id and fingerprint
+
+Flags go before TEXT: a word of TEXT that is a flag (-wait 5s, --to, -json…)
+is refused. To send a text exactly as given, put -- before it:
+  omemo -jid alice@example.org send -to bob@example.org -- -wait is a flag
 `
 
 // globals are the parsed global flags.
@@ -141,6 +153,17 @@ func run(ctx context.Context, args []string, e env) int {
 }
 
 func runErr(ctx context.Context, args []string, e env) error {
+	exec, g, cmdArgs, err := parseArgs(args, e)
+	if err != nil {
+		return err
+	}
+	return exec(ctx, g, cmdArgs, e)
+}
+
+// parseArgs parses and checks a command line: it returns the command to
+// run, the global options and the command's arguments (what its flags
+// left). Nothing is opened or connected.
+func parseArgs(args []string, e env) (runFunc, *globals, []string, error) {
 	fs := flag.NewFlagSet("omemo", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() { fmt.Fprint(e.stderr, usageText) }
@@ -156,42 +179,51 @@ func runErr(ctx context.Context, args []string, e env) error {
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return nil, nil, nil, err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
-		return usageError("no command given")
+		return nil, nil, nil, usageError("no command given")
 	}
 	g := &globals{addr: *addr, store: *storeP, insecure: *insecure, json: *jsonOut}
 	name, rest := fs.Arg(0), fs.Args()[1:]
 	cmd, ok := commands[name]
 	if !ok {
-		return usageError("unknown command %q", name)
+		return nil, nil, nil, usageError("unknown command %q", name)
 	}
 	cfs := flag.NewFlagSet("omemo "+name, flag.ContinueOnError)
 	cfs.SetOutput(e.stderr)
 	cfs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: omemo [global flags] %s\n", cmd.usage)
 		cfs.PrintDefaults()
+		if cmd.text != "" {
+			fmt.Fprintf(e.stderr, "Flags go before TEXT: a word of TEXT that is a flag is refused.\n"+
+				"To send a text exactly as given, put -- before it: omemo [global flags] %s\n", cmd.text)
+		}
 	}
 	exec := cmd.setup(cfs)
 	if err := cfs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return nil, nil, nil, err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if cmd.text != "" {
+		if err := checkText(name, cmd.text, cfs, fs, rest); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 
 	// The global options are checked after the command's, so that
 	// "omemo send -h" works without an account.
 	if *account == "" {
-		return usageError("-jid is required")
+		return nil, nil, nil, usageError("-jid is required")
 	}
 	j, err := jid.Parse(*account)
 	if err != nil || j.Localpart() == "" {
-		return usageError("-jid %q is not an account JID (user@domain)", *account)
+		return nil, nil, nil, usageError("-jid %q is not an account JID (user@domain)", *account)
 	}
 	g.account = j
 	g.password = *password
@@ -199,13 +231,13 @@ func runErr(ctx context.Context, args []string, e env) error {
 		g.password = e.getenv(passwordEnv)
 	}
 	if g.backends, err = parseBackends(*backs); err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	g.mode = strings.ToLower(strings.TrimSpace(*mode))
 	if g.policy, err = trust.ParsePolicy(g.mode, nil); err != nil {
-		return usageError("-trust %q: want btbv, tofu or manual", *mode)
+		return nil, nil, nil, usageError("-trust %q: want btbv, tofu or manual", *mode)
 	}
-	return exec(ctx, g, cfs.Args(), e)
+	return exec, g, cfs.Args(), nil
 }
 
 // parseBackends parses the -backends list.
@@ -242,6 +274,9 @@ func parseBackends(list string) ([]backends.Factory, error) {
 // arguments.
 type command struct {
 	usage string
+	// text is set for a command whose arguments are free text: the
+	// command's usage with -- before the text. See checkText.
+	text  string
 	setup func(fs *flag.FlagSet) func(ctx context.Context, g *globals, args []string, e env) error
 }
 
@@ -249,7 +284,7 @@ var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"send":        {usage: "send -to JID [-wait DURATION] TEXT", setup: setupSend},
+		"send":        {usage: "send -to JID [-wait DURATION] TEXT", text: "send -to JID [-wait DURATION] -- TEXT", setup: setupSend},
 		"listen":      {usage: "listen [-for DURATION] [-count N] [-echo]", setup: setupListen},
 		"chat":        {usage: "chat JID", setup: setupChat},
 		"devices":     {usage: "devices [-jid JID]", setup: setupDevices},
@@ -260,3 +295,83 @@ func init() {
 
 // opTimeout bounds each network operation (login, start, send, fetch).
 const opTimeout = 60 * time.Second
+
+// checkText refuses the free text of command name (the arguments left by
+// cfs after parsing args) if one of its words is a flag of the command or
+// a global flag (global is the global flag set), unless the text follows
+// the terminator "--". The flag package stops at the first word that is
+// not a flag, so a flag typed after the text would otherwise be sent as
+// part of it: "send -to bob@example.org hello -wait 5s" would send
+// "hello -wait 5s" to the contact, and "… -password=x" the password.
+// example is the command's usage with -- before the text, for the hint.
+func checkText(name, example string, cfs, global *flag.FlagSet, args []string) error {
+	if terminated(cfs, args) {
+		return nil
+	}
+	for _, word := range cfs.Args() {
+		flagName, _, ok := parseFlagWord(word)
+		if !ok {
+			continue
+		}
+		shown := word // without a value: "-password=x" is shown as "-password"
+		if i := strings.IndexByte(word, '='); i >= 0 {
+			shown = word[:i]
+		}
+		switch {
+		case cfs.Lookup(flagName) != nil || flagName == "h" || flagName == "help":
+			return usageError("%s: %q after the text is a flag of %s: put the flags before the text, "+
+				"or put -- before the text to send it exactly as given (%s)", name, shown, name, example)
+		case global.Lookup(flagName) != nil:
+			return usageError("%s: %q after the text is a global flag: global flags go before the command; "+
+				"put -- before the text to send it exactly as given (%s)", name, shown, example)
+		}
+	}
+	return nil
+}
+
+// terminated reports whether fs stopped parsing args at the terminator
+// "--" (which the flag package consumes) rather than at the first word
+// that is not a flag. fs must have parsed args without error.
+func terminated(fs *flag.FlagSet, args []string) bool {
+	parsed := args[:len(args)-fs.NArg()]
+	for i := 0; i < len(parsed); i++ {
+		if parsed[i] == "--" {
+			return i == len(parsed)-1
+		}
+		name, hasValue, ok := parseFlagWord(parsed[i])
+		if !ok || hasValue {
+			continue
+		}
+		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
+			i++ // the flag's value
+		}
+	}
+	return false
+}
+
+// parseFlagWord parses a word the way the flag package reads a flag: one
+// or two dashes, a name, optionally "=" and a value. ok is false for a
+// word that is not a flag ("-", "--", "5", "---x", "-=x").
+func parseFlagWord(word string) (name string, hasValue, ok bool) {
+	if len(word) < 2 || word[0] != '-' {
+		return "", false, false
+	}
+	name = word[1:]
+	if name[0] == '-' {
+		name = name[1:]
+	}
+	if name == "" || name[0] == '-' || name[0] == '=' {
+		return "", false, false
+	}
+	if i := strings.IndexByte(name, '='); i >= 0 {
+		return name[:i], true, true
+	}
+	return name, false, true
+}
+
+// isBoolFlag reports whether f takes no value (as the flag package
+// decides it).
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -207,6 +210,8 @@ func TestCLI(t *testing.T) {
 		prosodytest.User{Name: "ivan"}, prosodytest.User{Name: "judy"},
 		prosodytest.User{Name: "kate"}, prosodytest.User{Name: "leo"},
 		prosodytest.User{Name: "mallory", Password: "right"},
+		prosodytest.User{Name: "nina"}, prosodytest.User{Name: "oscar"},
+		prosodytest.User{Name: "paul"}, prosodytest.User{Name: "quinn"},
 	)
 	bin := filepath.Join(t.TempDir(), "omemo")
 	build := []string{"build", "-o", bin}
@@ -260,6 +265,22 @@ func TestCLI(t *testing.T) {
 				t.Fatalf("listen after SIGINT: exit %d; stderr:\n%s", code, p.stderr)
 			}
 			c.fingerprint(t, dir, "dave")
+		})
+
+		// quinn never used OMEMO and has no presence subscription with
+		// paul: Prosody answers paul's fetch of quinn's device lists
+		// forbidden, which is not "no devices", and the command says so.
+		t.Run("device list refused", func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			_, errOut, code := c.run(t, c.args(dir, "paul", "send", "-to", "quinn@localhost", "anyone there?")...)
+			if code != exitError || !strings.Contains(errOut, "the server refused access to the device list") || !strings.Contains(errOut, "not sent") {
+				t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+			}
+			_, errOut, code = c.run(t, c.args(dir, "paul", "devices", "-jid", "quinn@localhost")...)
+			if code != 0 || !strings.Contains(errOut, "the server refused access to the device list of quinn@localhost") {
+				t.Fatalf("devices: exit %d, stderr:\n%s", code, errOut)
+			}
 		})
 
 		t.Run("send and listen", func(t *testing.T) {
@@ -443,7 +464,9 @@ func TestCLI(t *testing.T) {
 
 		t.Run("wrong password", func(t *testing.T) {
 			t.Parallel()
-			args := c.args(t.TempDir(), "mallory", "fingerprint")
+			dir := t.TempDir()
+			right := c.args(dir, "mallory", "fingerprint")
+			args := slices.Clone(right)
 			for i, a := range args {
 				if a == "-password" {
 					args[i+1] = "wrong"
@@ -455,6 +478,52 @@ func TestCLI(t *testing.T) {
 			}
 			if strings.Contains(errOut, "wrong") {
 				t.Errorf("the password appears in the error: %s", errOut)
+			}
+			// A failed login creates no state file (and no device); a
+			// successful one does.
+			path := filepath.Join(dir, "mallory.db")
+			if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("the failed login left the state file %s (%v)", path, err)
+			}
+			c.mustRun(t, right...)
+			if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("state file after a successful login: %v, %v", fi, err)
+			}
+		})
+
+		t.Run("count skips copies of own messages", func(t *testing.T) {
+			t.Parallel()
+			dirA, dirB := t.TempDir(), t.TempDir()
+			c.fingerprint(t, dirB, "nina")
+			c.fingerprint(t, dirA, "nina")
+			c.fingerprint(t, dirA, "oscar")
+			// nina's device B listens for one message; carbons reach
+			// only online devices, so the listener must be ready.
+			l := c.start(t, c.args(dirB, "nina", "listen", "-echo", "-count", "1", "-for", "30s")...)
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(l.stderr.String(), "listening") {
+				if time.Now().After(deadline) {
+					t.Fatalf("listener not ready; stderr:\n%s", l.stderr)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			// nina's device A writes to oscar: B prints the copy (a sent
+			// carbon) but does not count or echo it.
+			c.mustRun(t, c.args(dirA, "nina", "send", "-to", "oscar@localhost", "to oscar")...)
+			if line := l.next(20 * time.Second); !strings.HasPrefix(line, "nina@localhost [") ||
+				!strings.HasSuffix(line, ", sent by own device to oscar@localhost]: to oscar") {
+				t.Fatalf("listener printed %q, want the copy of the message to oscar", line)
+			}
+			c.mustRun(t, c.args(dirA, "oscar", "send", "-to", "nina@localhost", "to nina")...)
+			if code := l.wait(30 * time.Second); code != 0 {
+				t.Fatalf("listen: exit %d; stderr:\n%s", code, l.stderr)
+			}
+			lines := l.stdout()
+			if len(lines) != 2 || !strings.HasPrefix(lines[1], "oscar@localhost [") || !strings.HasSuffix(lines[1], "]: to nina") {
+				t.Fatalf("listen -count 1 printed %q, want the copy and then oscar's message", lines)
+			}
+			if n := strings.Count(l.stderr.String(), "echoed to "); n != 1 || !strings.Contains(l.stderr.String(), "echoed to oscar@localhost") {
+				t.Fatalf("listen -echo echoed %d messages; stderr:\n%s", n, l.stderr)
 			}
 		})
 

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -173,4 +176,84 @@ func TestStoreInUse(t *testing.T) {
 	if code != exitError || !strings.Contains(errOut, "is in use by another omemo process") || strings.Contains(errOut, "corrupt") {
 		t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
 	}
+}
+
+// TestNoStateFileWithoutLogin checks that a command that cannot log in
+// (here: nothing listens at the address) creates no state file, neither
+// at -store nor at the default path, and that a new state file that could
+// not be created is reported before connecting.
+func TestNoStateFileWithoutLogin(t *testing.T) {
+	addr := closedAddr(t)
+	path := filepath.Join(t.TempDir(), "alice.db")
+	_, errOut, code := runCLI("-jid", "alice@example.org", "-password", "secret", "-addr", addr, "-store", path, "fingerprint")
+	if code != exitError || !strings.Contains(errOut, "connecting to "+addr) {
+		t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a failed connection left the state file %s (%v)", path, err)
+	}
+
+	t.Run("default path", func(t *testing.T) {
+		home := t.TempDir()
+		t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, "config"))
+		t.Setenv("HOME", home)
+		t.Setenv("AppData", filepath.Join(home, "appdata"))
+		_, errOut, code := runCLI("-jid", "bob@example.org/laptop", "-password", "secret", "-addr", addr, "fingerprint")
+		if code != exitError || !strings.Contains(errOut, "connecting to "+addr) {
+			t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+		}
+		path, err := store.DefaultPath("bob@example.org")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("a failed connection left the default state file %s (%v)", path, err)
+		}
+	})
+
+	t.Run("missing directory", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "missing", "alice.db")
+		_, errOut, code := runCLI("-jid", "alice@example.org", "-password", "secret", "-addr", addr, "-store", path, "fingerprint")
+		if code != exitError || !strings.Contains(errOut, "state file "+path+" cannot be created") ||
+			strings.Contains(errOut, "connecting") {
+			t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+		}
+	})
+
+	t.Run("file in place of the directory", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(file, "alice.db")
+		_, errOut, code := runCLI("-jid", "alice@example.org", "-password", "secret", "-addr", addr, "-store", path, "fingerprint")
+		if code != exitError || !strings.Contains(errOut, "state file "+path) || strings.Contains(errOut, "connecting") {
+			t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+		}
+	})
+
+	t.Run("directory as state file", func(t *testing.T) {
+		path := t.TempDir()
+		_, errOut, code := runCLI("-jid", "alice@example.org", "-password", "secret", "-addr", addr, "-store", path, "fingerprint")
+		if code != exitError || !strings.Contains(errOut, "state file "+path) || strings.Contains(errOut, "connecting") {
+			t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+		}
+	})
+
+	t.Run("read-only directory", func(t *testing.T) {
+		if runtime.GOOS == "windows" || os.Geteuid() == 0 {
+			t.Skip("needs Unix permissions that apply (not root)")
+		}
+		dir := t.TempDir()
+		if err := os.Chmod(dir, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
+		path := filepath.Join(dir, "alice.db")
+		_, errOut, code := runCLI("-jid", "alice@example.org", "-password", "secret", "-addr", addr, "-store", path, "fingerprint")
+		if code != exitError || !strings.Contains(errOut, "state file "+path+" cannot be created") ||
+			!strings.Contains(errOut, "permission denied") || strings.Contains(errOut, "connecting") {
+			t.Fatalf("exit status %d, stderr:\n%s", code, errOut)
+		}
+	})
 }
