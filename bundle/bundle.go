@@ -71,8 +71,9 @@ var (
 	// Such a bundle is ambiguous and therefore refused.
 	ErrDuplicateElement = errors.New("bundle: duplicate element")
 	// ErrInvalidID means that the signed pre key id is missing, not a
-	// decimal number, zero or larger than 2^32-1, or (when encoding) that a
-	// pre key id is zero.
+	// decimal number or larger than 2^32-1. Zero is a valid id of a signed
+	// pre key or pre key: libsignal-style clients (converse.js) number them
+	// from 0.
 	ErrInvalidID = errors.New("bundle: invalid key id")
 	// ErrDuplicateID means that a Bundle to be encoded has two pre keys with
 	// the same id.
@@ -91,7 +92,8 @@ var (
 
 // PreKey is a one-time pre key.
 type PreKey struct {
-	// ID is the pre key id, never zero.
+	// ID is the pre key id (zero is valid: libsignal-style clients number
+	// pre keys from 0).
 	ID uint32
 	// Key is the X25519 public key (legacy: with the 0x05 prefix stripped).
 	Key [32]byte
@@ -105,7 +107,7 @@ type Bundle struct {
 	// wire; for legacy OMEMO, the Curve25519 form with the 0x05 prefix
 	// stripped.
 	IdentityKey [32]byte
-	// SignedPreKeyID is the id of the signed pre key, never zero.
+	// SignedPreKeyID is the id of the signed pre key (zero is valid).
 	SignedPreKeyID uint32
 	// SignedPreKey is the X25519 signed pre key (legacy: 0x05 stripped).
 	SignedPreKey [32]byte
@@ -224,7 +226,7 @@ func parse(s *xmlutil.TokenStream, start xml.StartElement) (*Bundle, error) {
 			}
 			haveSPK = true
 			v, present := xmlutil.Attr(child, n.spkID)
-			if b.SignedPreKeyID, err = xmlutil.ParseID(v, present); err != nil {
+			if b.SignedPreKeyID, err = xmlutil.ParseKeyID(v, present); err != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrInvalidID, n.spkID, err)
 			}
 			var bad error
@@ -313,7 +315,7 @@ func (p *preKeyParser) parse(s *xmlutil.TokenStream, b *Bundle, n names) error {
 			return fmt.Errorf("%w: more than %d", ErrTooManyPreKeys, MaxPreKeys)
 		}
 		v, present := xmlutil.Attr(child, n.pkID)
-		id, idErr := xmlutil.ParseID(v, present)
+		id, idErr := xmlutil.ParseKeyID(v, present)
 		key, keyErr, err := readKey(s, legacy)
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
@@ -402,17 +404,11 @@ func (b Bundle) validate() error {
 	if _, ok := namesOf(b.Namespace); !ok {
 		return ErrUnknownNamespace
 	}
-	if b.SignedPreKeyID == 0 {
-		return fmt.Errorf("%w: signed pre key id is zero", ErrInvalidID)
-	}
 	if len(b.PreKeys) > MaxPreKeys {
 		return fmt.Errorf("%w: %d > %d", ErrTooManyPreKeys, len(b.PreKeys), MaxPreKeys)
 	}
 	seen := make(map[uint32]struct{}, len(b.PreKeys))
-	for i, pk := range b.PreKeys {
-		if pk.ID == 0 {
-			return fmt.Errorf("%w: pre key %d has id zero", ErrInvalidID, i+1)
-		}
+	for _, pk := range b.PreKeys {
 		if _, dup := seen[pk.ID]; dup {
 			return fmt.Errorf("%w: %d", ErrDuplicateID, pk.ID)
 		}

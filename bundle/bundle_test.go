@@ -428,7 +428,7 @@ func TestParseLenient(t *testing.T) {
 		// Bad pre keys are skipped, duplicates keep the first.
 		3: {omemo2Doc(spk2 + spks2 + ik2 + `<prekeys>` +
 			pk("1", seq(32, 1)) +
-			pk("0", seq(32, 2)) + pk("-2", seq(32, 2)) + pk("x", seq(32, 2)) + pk("4294967296", seq(32, 2)) +
+			pk("-2", seq(32, 2)) + pk("x", seq(32, 2)) + pk("4294967296", seq(32, 2)) +
 			`<pk>` + b64(seq(32, 2)) + `</pk>` +
 			pk("3", seq(31, 3)) + pk("4", seq(33, 4)) + `<pk id='5'>!!!!</pk>` + `<pk id='6'></pk>` +
 			`<pk id='7'>` + strings.Repeat(" ", 5000) + `</pk>` +
@@ -492,7 +492,7 @@ func TestParseErrors(t *testing.T) {
 		9:  {omemo2Doc(spk2 + spks2 + spks2 + ik2), bundle.ErrDuplicateElement},
 		10: {omemo2Doc(spk2 + spks2 + ik2 + ik2), bundle.ErrDuplicateElement},
 		11: {omemo2Doc(`<spk>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
-		12: {omemo2Doc(`<spk id='0'>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
+		12: {omemo2Doc(`<spk id=''>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
 		13: {omemo2Doc(`<spk id='-1'>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
 		14: {omemo2Doc(`<spk id='4294967296'>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
 		15: {omemo2Doc(`<spk id='a'>` + b64(seq(32, 1)) + `</spk>` + spks2 + ik2), bundle.ErrInvalidID},
@@ -563,10 +563,6 @@ func TestTooManyPreKeys(t *testing.T) {
 func TestMarshalErrors(t *testing.T) {
 	noNS := sampleOMEMO2
 	noNS.Namespace = ""
-	zeroSPK := sampleLegacy
-	zeroSPK.SignedPreKeyID = 0
-	zeroPK := sampleOMEMO2
-	zeroPK.PreKeys = []bundle.PreKey{{ID: 1}, {ID: 0}}
 	dupPK := sampleLegacy
 	dupPK.PreKeys = []bundle.PreKey{{ID: 1}, {ID: 1, Key: k32(seq(32, 1))}}
 	for i, tc := range []struct {
@@ -574,9 +570,7 @@ func TestMarshalErrors(t *testing.T) {
 		err    error
 	}{
 		0: {noNS, bundle.ErrUnknownNamespace},
-		1: {zeroSPK, bundle.ErrInvalidID},
-		2: {zeroPK, bundle.ErrInvalidID},
-		3: {dupPK, bundle.ErrDuplicateID},
+		1: {dupPK, bundle.ErrDuplicateID},
 	} {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			if _, err := xml.Marshal(tc.bundle); !errors.Is(err, tc.err) {
@@ -653,4 +647,39 @@ func (r *sliceReader) Token() (xml.Token, error) {
 	t := r.toks[0]
 	r.toks = r.toks[1:]
 	return t, nil
+}
+
+// libsignal-style clients (converse.js through libomemo.js) number signed
+// pre keys and pre keys from 0: such bundles parse, in both namespaces,
+// and encode back unchanged.
+func TestKeyIDZero(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		doc  string
+	}{
+		{"OMEMO 2", `<bundle xmlns='urn:xmpp:omemo:2'><spk id='0'>` + b64(seq(32, 33)) + `</spk><spks>` + b64(seq(64, 65)) +
+			`</spks><ik>` + b64(seq(32, 1)) + `</ik><prekeys><pk id='0'>` + b64(seq(32, 2)) + `</pk><pk id='1'>` + b64(seq(32, 3)) + `</pk></prekeys></bundle>`},
+		{"legacy", `<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='0'>` + b64(append([]byte{5}, seq(32, 33)...)) +
+			`</signedPreKeyPublic><signedPreKeySignature>` + b64(seq(64, 65)) + `</signedPreKeySignature><identityKey>` + b64(append([]byte{5}, seq(32, 1)...)) +
+			`</identityKey><prekeys><preKeyPublic preKeyId='0'>` + b64(append([]byte{5}, seq(32, 2)...)) + `</preKeyPublic><preKeyPublic preKeyId='1'>` +
+			b64(append([]byte{5}, seq(32, 3)...)) + `</preKeyPublic></prekeys></bundle>`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := decodeString(tc.doc)
+			if err != nil {
+				t.Fatalf("id 0 refused: %v", err)
+			}
+			if b.SignedPreKeyID != 0 || len(b.PreKeys) != 2 || b.PreKeys[0].ID != 0 || b.PreKeys[1].ID != 1 {
+				t.Fatalf("parsed %+v", b)
+			}
+			raw, err := xml.Marshal(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := decodeString(string(raw))
+			if err != nil || !reflect.DeepEqual(again, b) {
+				t.Fatalf("round trip: %+v, %v", again, err)
+			}
+		})
+	}
 }

@@ -952,3 +952,38 @@ func BenchmarkPassive(b *testing.B) {
 		}
 	}
 }
+
+// A responder that numbers its signed pre key and pre keys from 0
+// (libsignal-style clients such as converse.js): the initiator uses id 0
+// like any other, the header names it, and the responder finds the keys.
+func TestKeyIDZero(t *testing.T) {
+	for _, c := range configs {
+		t.Run(c.name, func(t *testing.T) {
+			bob := newState(t, c.cfg, 1)
+			bob.SignedPreKey.ID = 0
+			for id, pk := range bob.PreKeys {
+				delete(bob.PreKeys, id)
+				pk.ID = 0
+				bob.PreKeys[0] = pk
+			}
+			b := bob.Bundle()
+			if b.SignedPreKeyID != 0 || len(b.PreKeys) != 1 || b.PreKeys[0].ID != 0 {
+				t.Fatalf("bundle %+v", b)
+			}
+			ra, h, err := Active(c.cfg, newIdentity(t), &b, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.SignedPreKeyID != 0 || h.PreKeyID != 0 {
+				t.Fatalf("header names %d/%d", h.SignedPreKeyID, h.PreKeyID)
+			}
+			rb, _, err := bob.Passive(c.cfg, &h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ra.SharedSecret != rb.SharedSecret {
+				t.Fatal("Active and Passive disagree")
+			}
+		})
+	}
+}

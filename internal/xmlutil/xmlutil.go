@@ -200,8 +200,20 @@ func Attr(start xml.StartElement, local string) (string, bool) {
 	return "", false
 }
 
+// ParseKeyID is ParseID for the ids of pre keys and signed pre keys, which
+// may be zero: libsignal-style clients (converse.js, through libomemo.js)
+// number them from 0, and XEP-0384 only says they are unsigned integers.
+// Device ids stay non-zero.
+func ParseKeyID(s string, present bool) (uint32, error) {
+	id, err := ParseID(s, present)
+	if errors.Is(err, ErrIDZero) {
+		return 0, nil
+	}
+	return id, err
+}
+
 // ParseID parses a non-zero decimal uint32 (xs:unsignedInt, whitespace
-// collapsed), as used for OMEMO device and pre key ids.
+// collapsed), as used for OMEMO device ids.
 // present tells whether the attribute holding s exists at all.
 // Signs, other bases and anything but ASCII digits are refused.
 // The error is one of ErrIDMissing, ErrIDSyntax, ErrIDRange and ErrIDZero and
