@@ -27,14 +27,36 @@ type IdentityKeyPair struct {
 // ErrInvalidIdentity reports a malformed serialised identity key pair.
 var ErrInvalidIdentity = errors.New("omemo: invalid identity key pair")
 
-// GenerateIdentityKeyPair draws a fresh seed from rand.
+// GenerateIdentityKeyPair draws fresh seeds from rand until the Ed25519
+// public key's sign bit is 0.
+//
+// Why: libsignal-style implementations (converse.js's libomemo.js, and the
+// XEdDSA code paths of Signal-derived clients) verify signed pre key
+// signatures with the Montgomery (Curve25519) form of the identity key,
+// whose Ed25519 form they take with sign bit 0. For an identity whose real
+// Ed25519 key has sign bit 1 they reject every signature ("Invalid
+// signature") and cannot start a session with the device. Half of all
+// seeds qualify, so two draws are needed on average. The sign bit is a
+// public bit of the public key: conditioning on it halves the key space
+// from 2^252 to 2^251 candidate keys, which costs an attacker nothing
+// worth naming. Identities that exist keep their key: only new ones are
+// drawn this way, and keys of others are accepted with either sign.
 func GenerateIdentityKeyPair(rand io.Reader) (*IdentityKeyPair, error) {
-	var seed [32]byte
-	if _, err := io.ReadFull(rand, seed[:]); err != nil {
-		return nil, fmt.Errorf("omemo: generating identity key: %w", err)
+	for range maxSeedDraws {
+		var seed [32]byte
+		if _, err := io.ReadFull(rand, seed[:]); err != nil {
+			return nil, fmt.Errorf("omemo: generating identity key: %w", err)
+		}
+		if id := IdentityKeyPairFromSeed(seed); id.pub[31]&0x80 == 0 {
+			return id, nil
+		}
 	}
-	return IdentityKeyPairFromSeed(seed), nil
+	return nil, fmt.Errorf("omemo: generating identity key: %d seeds all gave sign bit 1; the randomness source is broken", maxSeedDraws)
 }
+
+// maxSeedDraws bounds the seeds GenerateIdentityKeyPair draws: with a
+// working randomness source, 128 draws all failing has probability 2^-128.
+const maxSeedDraws = 128
 
 // IdentityKeyPairFromSeed derives the key pair from a 32-byte seed: the
 // private scalar is clamp(SHA-512(seed)[:32]) and the public key is the
