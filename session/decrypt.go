@@ -7,6 +7,7 @@ import (
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/encrypted"
+	omemons "mellium.im/omemo/ns"
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
 )
@@ -82,9 +83,34 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		return nil, fmt.Errorf("%w: message claims to come from this device", ErrSenderNotFound)
 	}
 
-	sender, err := m.sender(ctx, ns, from, msg.SID, offline)
+	// An OMEMO 2 key exchange carries the sender's Ed25519 identity key:
+	// a listed device whose key is not stored yet needs no bundle download
+	// (legacy key exchanges carry only the Curve25519 form, whose Ed25519
+	// sign bit comes from the bundle).
+	var kexIK *[32]byte
+	if key.KeyExchange && ns == omemons.OMEMO2 {
+		kex, _, err := be.ParseKeyExchange(key.Data, false)
+		if err != nil {
+			return nil, err
+		}
+		kexIK = &kex.IdentityKey
+	}
+	sender, err := m.sender(ctx, ns, from, msg.SID, offline, kexIK)
 	if err != nil {
 		return nil, err
+	}
+	// learned: the identity key comes from this key exchange; it is stored
+	// with the session, once the message decrypted (which proves that the
+	// sender holds the key).
+	learned := !sender.HasIdentityKey && kexIK != nil
+	if learned {
+		sender.IdentityKey, sender.HasIdentityKey = *kexIK, true
+		if err := m.store.View(ctx, func(tx store.Tx) error {
+			sender.Trust, sender.Level, err = m.trustOf(tx, m.cache.generation(), from, *kexIK)
+			return err
+		}); err != nil {
+			return nil, storageErr(err)
+		}
 	}
 	if sender.Level == trust.Distrusted {
 		return nil, ErrSenderDistrusted
@@ -114,6 +140,28 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		// decrypted the message and becomes the current one again.
 		var replaced backends.Session
 		promoted := false
+		if learned {
+			rec, err := getDevice(tx, from, msg.SID)
+			if err != nil {
+				return err
+			}
+			switch {
+			case rec.HasIdentityKey && rec.IdentityKey != sender.IdentityKey:
+				return ErrPublicDataInconsistency // learnt meanwhile, and not this one
+			case !rec.HasIdentityKey:
+				owner, err := claimIdentity(tx, from, sender.IdentityKey)
+				if err != nil {
+					return err
+				}
+				if owner != from {
+					return fmt.Errorf("%w: %w", ErrSenderNotFound, &IdentityClaimedError{JID: from, DeviceID: msg.SID, Owner: owner, IdentityKey: sender.IdentityKey})
+				}
+				rec.IdentityKey, rec.HasIdentityKey = sender.IdentityKey, true
+				if err := putDevice(tx, from, msg.SID, rec); err != nil {
+					return err
+				}
+			}
+		}
 		if key.KeyExchange {
 			kex, inner, err := be.ParseKeyExchange(key.Data, sender.IdentityKey[31]&0x80 != 0)
 			if err != nil {
@@ -261,7 +309,7 @@ func (m *Manager) loadPreviousSession(tx store.Tx, be backends.Backend, ns, jid 
 // of the store, so that only the latter are reported as ErrStorage.
 func isMessageError(err error) bool {
 	for _, target := range []error{
-		ErrNoSession, ErrPublicDataInconsistency,
+		ErrNoSession, ErrPublicDataInconsistency, ErrSenderNotFound,
 		backends.ErrMalformed, backends.ErrVersion, backends.ErrAuthentication,
 		backends.ErrDecryption, backends.ErrKeyExchange, backends.ErrInvalidKeyMaterial,
 		backends.ErrDuplicateMessage, backends.ErrTooManySkipped,
@@ -276,9 +324,21 @@ func isMessageError(err error) bool {
 // sender finds the sending device, refreshing the sender's device list
 // once if it is unknown, and makes sure its identity key is known. Offline,
 // it only looks at what is stored.
-func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32, offline bool) (DeviceInfo, error) {
+//
+// With kexIK (the identity key an OMEMO 2 key exchange carries), a device
+// that is listed but whose identity key is not stored is returned without
+// one (HasIdentityKey false): the caller takes the key from the key
+// exchange.
+func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32, offline bool, kexIK *[32]byte) (DeviceInfo, error) {
+	listed := func(recs map[uint32]deviceRecord) (DeviceInfo, bool) {
+		rec, ok := recs[dev]
+		if !ok || rec.HasIdentityKey || kexIK == nil {
+			return DeviceInfo{}, false
+		}
+		return DeviceInfo{JID: jid, DeviceID: dev}, true
+	}
 	if offline {
-		infos, _, _, err := m.devicesOffline(ctx, jid)
+		infos, recs, _, err := m.devicesOffline(ctx, jid)
 		if err != nil {
 			return DeviceInfo{}, err
 		}
@@ -286,6 +346,9 @@ func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32, offlin
 			if d.DeviceID == dev {
 				return d, nil
 			}
+		}
+		if d, ok := listed(recs); ok {
+			return d, nil
 		}
 		return DeviceInfo{}, fmt.Errorf("%w: device %d of %s", ErrSenderUnresolved, dev, jid)
 	}
@@ -298,6 +361,9 @@ func (m *Manager) sender(ctx context.Context, ns, jid string, dev uint32, offlin
 			if d.DeviceID == dev {
 				return d, nil
 			}
+		}
+		if d, ok := listed(recs); ok {
+			return d, nil
 		}
 		for _, f := range failures {
 			if f.DeviceID == dev && errors.Is(f.Err, ErrPublicDataInconsistency) {
@@ -331,7 +397,7 @@ func (m *Manager) ResolveSender(ctx context.Context, ns, jid string, dev uint32)
 	if err != nil {
 		return err
 	}
-	_, err = m.sender(ctx, ns, jid, dev, false)
+	_, err = m.sender(ctx, ns, jid, dev, false, nil)
 	return err
 }
 

@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,5 +93,71 @@ func TestNetworkTimeout(t *testing.T) {
 		JID: "carol@example.org", Backends: []backends.Factory{twomemo.Factory}, NetworkTimeout: -1,
 	}); !errors.Is(err, session.ErrInvalidConfig) {
 		t.Fatalf("negative timeout: %v", err)
+	}
+}
+
+// An OMEMO 2 key exchange from a listed device whose identity key is not
+// stored decrypts without a bundle download (converse.js devices once had
+// bundles we could not read): the key in the key exchange is taken, once
+// the message decrypted, and stored for the device. It is still checked:
+// a key that belongs to another account is refused.
+func TestKeyExchangeTeachesIdentityKey(t *testing.T) {
+	ctx := context.Background()
+	srv := sessiontest.NewServer()
+	var noBundles atomic.Bool
+	srv.Fail = func(op, account string) error {
+		if op == "DownloadBundle" && account == "alice@example.org" && noBundles.Load() {
+			return errors.New("injected: bundle unreadable")
+		}
+		return nil
+	}
+	alice := newClient(t, srv, "alice@example.org", twomemo.Factory)
+	bob := newClient(t, srv, "bob@example.org", twomemo.Factory)
+	mallory := newClient(t, srv, "mallory@example.org", twomemo.Factory)
+	if err := bob.m.RefreshDeviceLists(ctx, alice.jid); err != nil {
+		t.Fatal(err)
+	}
+	noBundles.Store(true)
+	if err := alice.m.RefreshDeviceLists(ctx, bob.jid); err != nil {
+		t.Fatal(err)
+	}
+	send(t, srv, bob, "first", alice.jid)
+	in := srv.Inbox(alice.jid)
+	if len(in) != 1 {
+		t.Fatalf("%d messages", len(in))
+	}
+	before := srv.CallCount("DownloadBundle")
+	dec, err := alice.m.DecryptOffline(ctx, bob.jid, in[0].Message)
+	if err != nil || string(dec.Plaintext) != "first" || dec.Sender.IdentityKey != bob.m.IdentityKey() {
+		t.Fatalf("DecryptOffline = %+v, %v", dec, err)
+	}
+	if n := srv.CallCount("DownloadBundle") - before; n != 0 {
+		t.Fatalf("%d bundle downloads", n)
+	}
+	if d := deviceOf(t, alice, bob.jid, bob.m.DeviceID()); d.IdentityKey != bob.m.IdentityKey() {
+		t.Fatal("the identity key was not stored")
+	}
+
+	// A hostile server re-attributes bob's next key exchange to mallory,
+	// who lists bob's device id (alice cannot read her bundles): the key
+	// in it is bob's, so it is refused for mallory.
+	l := srv.DeviceList(twomemo.Namespace, mallory.jid)
+	l.Devices = append(l.Devices, devicelist.Device{ID: bob.m.DeviceID()})
+	srv.SetDeviceList(mallory.jid, l)
+	if err := alice.m.RefreshDeviceLists(ctx, mallory.jid); err != nil {
+		t.Fatal(err)
+	}
+	// bob starts a new session with alice: a key exchange again.
+	if errs := bob.m.ReplaceSession(ctx, alice.jid, alice.m.DeviceID()); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	in = srv.Inbox(alice.jid)
+	if len(in) != 1 || !in[0].Message.Keys[0].KeyExchange {
+		t.Fatalf("%d messages", len(in))
+	}
+	_, err = alice.m.DecryptOffline(ctx, mallory.jid, in[0].Message)
+	var claimed *session.IdentityClaimedError
+	if !errors.As(err, &claimed) || claimed.Owner != bob.jid || !errors.Is(err, session.ErrSenderNotFound) {
+		t.Fatalf("bob's key exchange attributed to mallory: %v", err)
 	}
 }
