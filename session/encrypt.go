@@ -29,6 +29,26 @@ type EncryptResult struct {
 	Messages   []*encrypted.Encrypted
 	Recipients []Recipient
 	Failures   []DeviceError
+	// Unreached are the recipients none of whose devices could be
+	// encrypted for, when AllowUnreached allowed that.
+	Unreached []string
+}
+
+// EncryptOption changes how Encrypt treats its recipients.
+type EncryptOption func(*encryptOptions)
+
+type encryptOptions struct {
+	allowUnreached bool
+}
+
+// AllowUnreached lets Encrypt go on when some recipients have no device
+// that can be encrypted for (no device published, all distrusted or all
+// failed): they are named in EncryptResult.Unreached instead of failing
+// the whole message. At least one device must still be reached. A group
+// chat sender that chose to skip members without OMEMO uses it; by default
+// Encrypt fails closed.
+func AllowUnreached() EncryptOption {
+	return func(o *encryptOptions) { o.allowUnreached = true }
 }
 
 // Encrypt encrypts a message for every device of the recipients and of the
@@ -48,9 +68,13 @@ type EncryptResult struct {
 // message key could be used again). If deliver fails, the sessions are
 // reverted, so a message that was never handed over leaves no trace.
 // deliver must not call back into the Manager.
-func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[string][]byte, deliver func(*EncryptResult) error) (*EncryptResult, error) {
+func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[string][]byte, deliver func(*EncryptResult) error, opts ...EncryptOption) (*EncryptResult, error) {
 	if err := m.check(); err != nil {
 		return nil, err
+	}
+	var o encryptOptions
+	for _, f := range opts {
+		f(&o)
 	}
 	recipients := []string{}
 	for _, j := range to {
@@ -268,9 +292,10 @@ func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[strin
 					missing = append(missing, j)
 				}
 			}
-			if len(missing) > 0 {
+			if len(missing) > 0 && !(o.allowUnreached && len(res.Recipients) > 0) {
 				return &NoEligibleDevicesError{JIDs: missing, Failures: res.Failures}
 			}
+			res.Unreached = missing
 			if len(res.Messages) == 0 {
 				return &NoEligibleDevicesError{JIDs: []string{m.cfg.JID}, Failures: res.Failures}
 			}

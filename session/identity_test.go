@@ -362,3 +362,29 @@ func TestIdentityOwnersOfOlderStores(t *testing.T) {
 		}
 	}
 }
+
+// By default a recipient without a usable device fails the whole message;
+// with AllowUnreached it is named and the others get the message.
+func TestAllowUnreached(t *testing.T) {
+	ctx := context.Background()
+	srv, alice, bob, _ := aliceBobMallory(t, twomemo.Factory)
+	const nobody = "nobody@example.org"
+	if _, err := alice.m.Encrypt(ctx, []string{bob.jid, nobody}, plaintexts("x"), nil); !errors.Is(err, session.ErrNoEligibleDevices) {
+		t.Fatalf("default: %v, want ErrNoEligibleDevices", err)
+	}
+	res, err := alice.m.Encrypt(ctx, []string{bob.jid, nobody}, plaintexts("x"), func(r *session.EncryptResult) error {
+		for _, msg := range r.Messages {
+			srv.Deliver(alice.jid, bob.jid, msg)
+		}
+		return nil
+	}, session.AllowUnreached())
+	if err != nil || len(res.Unreached) != 1 || res.Unreached[0] != nobody {
+		t.Fatalf("AllowUnreached: %+v, %v", res, err)
+	}
+	if got := deliverAll(t, srv, bob); len(got) != 1 || got[0] != "x" {
+		t.Fatalf("bob got %q", got)
+	}
+	if _, err := alice.m.Encrypt(ctx, []string{nobody}, plaintexts("x"), nil, session.AllowUnreached()); !errors.Is(err, session.ErrNoEligibleDevices) {
+		t.Fatalf("nobody reachable: %v", err)
+	}
+}
