@@ -6,8 +6,10 @@
 #   FUZZTIME=30s bash scripts/test.sh
 #
 # The tests use the Python reference implementation (Debian's python3-omemo
-# stack, run with /usr/bin/python3) as an oracle. With CI=true a missing
-# oracle fails the tests instead of skipping them.
+# stack, run with /usr/bin/python3) as an oracle, and converse.js in
+# Debian's headless chromium (npm packages in testdata/converse) as a peer.
+# With CI=true a missing oracle or peer fails the tests instead of skipping
+# them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,11 @@ FUZZTIME="${FUZZTIME:-8s}"
 
 debs=(python3-omemo python3-twomemo python3-oldmemo python3-x3dh
       python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp
-      protobuf-compiler prosody ejabberd)
+      protobuf-compiler prosody ejabberd chromium)
+# Node.js and npm for the converse.js test: Debian's, unless the machine has
+# its own.
+command -v node >/dev/null 2>&1 || debs+=(nodejs)
+command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()
 for p in "${debs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -35,6 +41,11 @@ fi
 
 echo "== go mod download" >&2
 go mod download
+
+# The converse.js test's packages, exactly as locked. No install script runs
+# (none is needed; puppeteer-core downloads no browser).
+echo "== npm ci (testdata/converse)" >&2
+(cd testdata/converse && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
 echo "== gofmt / go vet" >&2
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
