@@ -13,6 +13,7 @@ import (
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/backends/oldmemo"
 	"mellium.im/omemo/backends/twomemo"
+	"mellium.im/omemo/groupchat"
 	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
@@ -24,6 +25,7 @@ import (
 	"mellium.im/xmpp/carbons"
 	"mellium.im/xmpp/disco/info"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/muc"
 	"mellium.im/xmpp/mux"
 	"mellium.im/xmpp/stanza"
 )
@@ -131,8 +133,20 @@ type Message struct {
 	// Sent reports a message sent by another device of the own account
 	// (a sent carbon or an archived own message).
 	Sent bool
-	// Archived reports a message fetched from the archive by CatchUp.
+	// Archived reports a message fetched from the archive by CatchUp or
+	// CatchUpRoom.
 	Archived bool
+	// Room is the bare JID of the room of a group chat message, zero for a
+	// one-to-one message; Nick is the sender's nick in the room. For room
+	// messages From is the room occupant (room@service/nick) and the
+	// sender's real JID (from the room's state, never from the message)
+	// is RealFrom.
+	Room     jid.JID
+	Nick     string
+	RealFrom jid.JID
+	// Reflected reports the room's copy of a message this device sent
+	// (Sent is set too; the body is the one sent): the room has it.
+	Reflected bool
 	// OriginID is the XEP-0359 origin-id, if present.
 	OriginID string
 	// ArchiveID is the id of the MAM result, for archived messages.
@@ -228,6 +242,12 @@ type Config struct {
 	// affix is ignored as if absent: the message is delivered and OnError
 	// receives a warning wrapping sce.ErrInvalidAffix.
 	RequireAffixes bool
+	// MUCClient, if set, receives the room presences and invitations that
+	// mellium.im/xmpp/muc's handler would: Handle owns those mux patterns
+	// (the plugin follows every room's occupants and their real JIDs), so
+	// pass the application's muc.Client here instead of registering
+	// muc.HandleClient.
+	MUCClient *muc.Client
 	// Passthrough, if set, receives the message carbons and MAM results
 	// without OMEMO content: Handle owns those mux patterns, so they would
 	// otherwise be dropped. It is called in the Serve goroutine.
@@ -299,6 +319,10 @@ type Plugin struct {
 	// gate lets the message handlers read each stanza once, however
 	// many of its children they match.
 	gate muxgate.Gate
+	// rooms follows the joined rooms (room.go); reflect remembers the sent
+	// room messages until the room reflects them.
+	rooms   *groupchat.Tracker
+	reflect reflections
 	// netSlots bounds the receive worker's network jobs; netDone reports
 	// their ends to it (worker.go).
 	netSlots chan struct{}
@@ -307,6 +331,9 @@ type Plugin struct {
 	mu        sync.Mutex
 	refreshed map[string]bool // device lists refreshed once by Send
 	queries   map[string]bool // MAM query ids of running CatchUps
+	// roomQueries are the queries of CatchUpRoom: the room's archive
+	// answers them.
+	roomQueries map[string]jid.JID
 }
 
 // New returns the plugin of s. It does no network work; register its
@@ -379,20 +406,22 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 	}
 	workCtx, workStop := context.WithCancel(context.Background())
 	p := &Plugin{
-		own:       own,
-		cfg:       cfg,
-		net:       net,
-		send:      send,
-		ready:     make(chan struct{}),
-		queue:     make(chan job, cfg.QueueSize),
-		closing:   make(chan struct{}),
-		workDone:  make(chan struct{}),
-		workCtx:   workCtx,
-		workStop:  workStop,
-		refreshed: map[string]bool{},
-		queries:   map[string]bool{},
-		netSlots:  make(chan struct{}, maxNetworkJobs),
-		netDone:   make(chan networkDone),
+		own:         own,
+		cfg:         cfg,
+		net:         net,
+		send:        send,
+		ready:       make(chan struct{}),
+		queue:       make(chan job, cfg.QueueSize),
+		closing:     make(chan struct{}),
+		workDone:    make(chan struct{}),
+		workCtx:     workCtx,
+		workStop:    workStop,
+		refreshed:   map[string]bool{},
+		queries:     map[string]bool{},
+		roomQueries: map[string]jid.JID{},
+		rooms:       groupchat.NewTracker(own),
+		netSlots:    make(chan struct{}, maxNetworkJobs),
+		netDone:     make(chan networkDone),
 	}
 	go p.work()
 	return p, nil
@@ -444,7 +473,11 @@ func (p *Plugin) Handle(h Handler) mux.Option {
 				mux.Message(typ, xmlName(carbons.NS, local), carbonHandler{p: p})(m)
 			}
 		}
+		for _, f := range p.cfg.Backends {
+			mux.Message(stanza.GroupChatMessage, encryptedName(f.Namespace), directHandler{p: p, namespace: f.Namespace})(m)
+		}
 		mux.Message(stanza.NormalMessage, xmlName(nsMAM, "result"), archiveHandler{p: p})(m)
+		p.handleRooms(m)
 		pep.HandleEvents(p.handleEvent)(m)
 		var nodes []string
 		for _, f := range p.cfg.Backends {

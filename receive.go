@@ -10,6 +10,7 @@ import (
 
 	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/encrypted"
+	"mellium.im/omemo/groupchat"
 	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/carbons"
@@ -142,6 +143,12 @@ type inbound struct {
 	carbon    bool
 	sent      bool
 	archived  bool
+	// room is the bare JID of the room of a group chat message and nick the
+	// sender's nick; ownNick tells the own nick (the room's reflection of
+	// a message of this device, or one of another device of the account).
+	room    jid.JID
+	nick    string
+	ownNick bool
 }
 
 // kinds of received stanzas.
@@ -149,6 +156,7 @@ const (
 	kindDirect  = "direct"
 	kindCarbon  = "carbon"
 	kindArchive = "archive"
+	kindGroup   = "group"
 )
 
 // maxOMEMOChildren bounds the children of one stanza that the plugin's
@@ -197,6 +205,11 @@ func (p *Plugin) report(err error) {
 func (p *Plugin) kindOf(typ stanza.MessageType, name xml.Name) string {
 	switch typ {
 	case stanza.ChatMessage, stanza.NormalMessage:
+	case stanza.GroupChatMessage:
+		if name.Local == "encrypted" && p.supports(name.Space) {
+			return kindGroup
+		}
+		return ""
 	default:
 		return ""
 	}
@@ -261,7 +274,7 @@ func (p *Plugin) receive(msg stanza.Message, t xmlstream.TokenReadEncoder) {
 		p.report(&DecryptError{From: msg.From, ID: msg.ID, Err: err})
 		return
 	}
-	for _, kind := range []string{kindDirect, kindCarbon, kindArchive} {
+	for _, kind := range []string{kindDirect, kindCarbon, kindArchive, kindGroup} {
 		if kinds[kind] {
 			p.receiveKind(kind, root, toks, t)
 		}
@@ -289,6 +302,8 @@ func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstr
 		in, err = p.openCarbon(root)
 	case kindArchive:
 		in, err = p.openArchive(root)
+	case kindGroup:
+		in, err = p.openGroup(root)
 	}
 	if err != nil {
 		p.report(err)
@@ -462,10 +477,14 @@ func (p *Plugin) openArchive(root *elem) (*inbound, error) {
 	}
 	p.mu.Lock()
 	ours := p.queries[res.attr("queryid")]
+	room, roomQuery := p.roomQueries[res.attr("queryid")]
 	p.mu.Unlock()
 	if !ours {
 		// Someone else's query (the application's own MAM use).
 		return nil, nil
+	}
+	if roomQuery {
+		return p.openRoomArchive(root, res, room)
 	}
 	if wrapperFrom, ok := p.fromOwnAccount(root); !ok {
 		return nil, &DecryptError{From: wrapperFrom, ID: res.attr("id"), Err: ErrForgedArchive}
@@ -480,6 +499,83 @@ func (p *Plugin) openArchive(root *elem) (*inbound, error) {
 	}
 	if in.sender.Equal(jid.JID{}) {
 		in.sender = p.own
+	}
+	in.archived = true
+	in.sent = in.sender.Equal(p.own)
+	in.archiveID = res.attr("id")
+	if !stamp.IsZero() {
+		in.delay = stamp
+	}
+	return in, nil
+}
+
+// openGroup checks a group chat message (from room@service/nick) and
+// takes the sender's real JID from the room's state at the moment it
+// arrives: never from the message.
+func (p *Plugin) openGroup(root *elem) (*inbound, error) {
+	in, err := p.parseMessage(root)
+	if err != nil || in == nil {
+		return in, err
+	}
+	from := in.msg.From
+	r, ok := p.rooms.Room(from)
+	if !ok {
+		return nil, &DecryptError{From: from, ID: in.msg.ID, Err: fmt.Errorf("%w: %s", ErrRoomNotJoined, from.Bare())}
+	}
+	nick := from.Resourcepart()
+	if nick == "" {
+		return nil, &DecryptError{From: from, ID: in.msg.ID, Err: fmt.Errorf("%w: room message without a nick", ErrMalformedStanza)}
+	}
+	in.room, in.nick = r.JID(), nick
+	in.ownNick = nick == r.Nick()
+	real, err := r.RealJID(nick)
+	switch {
+	case err == nil:
+		in.sender = real
+	case in.ownNick:
+		in.sender = p.own
+	default:
+		return nil, &DecryptError{From: from, ID: in.msg.ID, Err: err}
+	}
+	return in, nil
+}
+
+// openRoomArchive checks a result of CatchUpRoom: it must come from the
+// room, and the real JID of the sender is the one the archive names
+// (non-anonymous rooms add a muc#user item), else the room state's.
+func (p *Plugin) openRoomArchive(root, res *elem, room jid.JID) (*inbound, error) {
+	wrapperFrom, err := jidAttr(root, "from")
+	if err != nil || !wrapperFrom.Equal(room) {
+		return nil, &DecryptError{From: wrapperFrom, ID: res.attr("id"), Err: ErrForgedArchive}
+	}
+	inner, stamp := forwarded(res)
+	if inner == nil {
+		return nil, &DecryptError{ID: res.attr("id"), Err: fmt.Errorf("%w: result without forwarded message", ErrMalformedStanza)}
+	}
+	in, err := p.parseMessage(inner)
+	if err != nil || in == nil {
+		return nil, err
+	}
+	if !in.msg.From.Bare().Equal(room) || in.msg.From.Resourcepart() == "" {
+		return nil, &DecryptError{From: in.msg.From, ID: res.attr("id"), Err: fmt.Errorf("%w: archived message not of the room", ErrForgedArchive)}
+	}
+	in.room, in.nick = room, in.msg.From.Resourcepart()
+	in.sender = jid.JID{}
+	if x := inner.child(groupchat.NSUser, "x"); x != nil {
+		if ux, err := groupchat.ParseUserX(tokenSlice(x.toks)); err == nil && len(ux.Items) > 0 && !ux.Items[0].JID.Equal(jid.JID{}) {
+			in.sender = ux.Items[0].JID.Bare()
+		}
+	}
+	if in.sender.Equal(jid.JID{}) {
+		r, ok := p.rooms.Room(room)
+		if !ok {
+			return nil, &DecryptError{From: in.msg.From, ID: res.attr("id"), Err: fmt.Errorf("%w: %s", ErrRoomNotJoined, room)}
+		}
+		real, err := r.RealJID(in.nick)
+		if err != nil {
+			return nil, &DecryptError{From: in.msg.From, ID: res.attr("id"), Err: err}
+		}
+		in.sender = real
 	}
 	in.archived = true
 	in.sent = in.sender.Equal(p.own)

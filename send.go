@@ -12,7 +12,6 @@ import (
 
 	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/ns"
-	"mellium.im/omemo/sce"
 	"mellium.im/omemo/session"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
@@ -28,15 +27,34 @@ type SendResult struct {
 	// Failures are devices that could not be encrypted for (for example
 	// without a published bundle); the message was sent to the others.
 	Failures []session.DeviceError
+	// Unreached are the room members without a device that could be
+	// encrypted for, skipped with SkipMembersWithoutOMEMO.
+	Unreached []string
 }
 
 // SendOption changes how Send builds the message.
 type SendOption func(*sendOptions)
 
 type sendOptions struct {
-	id          string
-	fallback    string
-	hasFallback bool
+	id            string
+	fallback      string
+	hasFallback   bool
+	skipUnreached bool
+}
+
+// sendOptionsOf applies opts to the defaults.
+func (p *Plugin) sendOptionsOf(opts []SendOption) sendOptions {
+	o := sendOptions{fallback: p.cfg.FallbackBody, hasFallback: !p.cfg.NoFallbackBody}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.id == "" {
+		o.id = rand.Text()
+	}
+	if !o.hasFallback {
+		o.fallback = ""
+	}
+	return o
 }
 
 // WithID sets the stanza id (and origin-id); a random one otherwise.
@@ -82,35 +100,11 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 	if bare.Localpart() == "" && bare.Domainpart() == "" {
 		return nil, errEmptyJID
 	}
-	o := sendOptions{fallback: p.cfg.FallbackBody, hasFallback: !p.cfg.NoFallbackBody}
-	for _, f := range opts {
-		f(&o)
-	}
-	if o.id == "" {
-		o.id = rand.Text()
-	}
-	if !o.hasFallback {
-		o.fallback = ""
-	}
-
+	o := p.sendOptionsOf(opts)
 	listErr := p.ensureDeviceLists(ctx, mgr, p.own, bare)
-
-	plaintexts := map[string][]byte{}
-	for _, namespace := range mgr.Namespaces() {
-		switch namespace {
-		case ns.OMEMO2:
-			env, err := sce.New(bodyContent(body), p.own, bare, p.cfg.Now(), p.cfg.Rand)
-			if err != nil {
-				return nil, fmt.Errorf("omemo: building the SCE envelope: %w", err)
-			}
-			raw, err := env.Marshal()
-			if err != nil {
-				return nil, fmt.Errorf("omemo: building the SCE envelope: %w", err)
-			}
-			plaintexts[namespace] = raw
-		case ns.Legacy:
-			plaintexts[namespace] = []byte(body)
-		}
+	plaintexts, err := p.plaintexts(mgr, body, bare)
+	if err != nil {
+		return nil, err
 	}
 	res, err := mgr.Encrypt(ctx, []string{bare.String()}, plaintexts, func(r *session.EncryptResult) error {
 		toks, err := outgoingTokens(to, o.id, r.Messages, o.fallback)
@@ -130,6 +124,10 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 	return &SendResult{ID: o.id, Recipients: res.Recipients, Failures: res.Failures}, nil
 }
 
+// maxParallelListFetches bounds the accounts whose device lists one send
+// fetches at once.
+const maxParallelListFetches = 32
+
 // ensureDeviceLists downloads the device lists of the given accounts the
 // first time this plugin sends to them; later changes arrive as PEP
 // notifications. Failures are reported and returned joined, but they do
@@ -139,19 +137,26 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, accounts ...jid.JID) error {
 	// All accounts in parallel: a first message should cost one round of
 	// device-list fetches, then one round of bundle fetches.
+	// At most maxParallelListFetches at once: a room of hundreds of
+	// members must not open hundreds of requests.
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelListFetches)
 	errs := make([]error, len(accounts))
+	seen := map[string]bool{}
 	for i, a := range accounts {
 		key := a.Bare().String()
 		p.mu.Lock()
-		done := p.refreshed[key]
+		done := p.refreshed[key] || seen[key]
 		p.mu.Unlock()
+		seen[key] = true
 		if done {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			err := mgr.RefreshDeviceLists(ctx, key)
 			if err != nil {
 				errs[i] = fmt.Errorf("omemo: refreshing the device lists of %s: %w", key, err)
@@ -194,6 +199,12 @@ func bodyContent(body string) []byte {
 //
 // OMEMO 2 comes first and names the EME hint whenever it is present.
 func outgoingTokens(to jid.JID, id string, msgs []*encrypted.Encrypted, fallback string) ([]xml.Token, error) {
+	return outgoingTokensOfType(to, stanza.ChatMessage, id, msgs, fallback)
+}
+
+// outgoingTokensOfType is outgoingTokens for a message type (groupchat for
+// rooms).
+func outgoingTokensOfType(to jid.JID, typ stanza.MessageType, id string, msgs []*encrypted.Encrypted, fallback string) ([]xml.Token, error) {
 	if len(msgs) == 0 {
 		return nil, errors.New("omemo: nothing to send")
 	}
@@ -227,7 +238,7 @@ func outgoingTokens(to jid.JID, id string, msgs []*encrypted.Encrypted, fallback
 			xml.StartElement{Name: xml.Name{Local: "body"}},
 		))
 	}
-	m := stanza.Message{ID: id, To: to, Type: stanza.ChatMessage}
+	m := stanza.Message{ID: id, To: to, Type: typ}
 	return xmlstream.ReadAll(m.Wrap(xmlstream.MultiReader(parts...)))
 }
 

@@ -14,6 +14,7 @@ import (
 	"mellium.im/omemo/pep"
 	"mellium.im/omemo/sce"
 	"mellium.im/omemo/session"
+	"mellium.im/omemo/trust"
 	"mellium.im/xmpp/jid"
 )
 
@@ -311,6 +312,21 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		return Message{}, false, nil
 	}
 	sender := in.sender.String()
+	if in.ownNick && enc.SID == mgr.DeviceID() && !in.archived {
+		// The room's copy of a message of this device: it cannot be
+		// decrypted (no key for this device), the body is the one sent.
+		id := in.originID
+		if id == "" {
+			id = in.msg.ID
+		}
+		body, ok := p.takeReflection(in.room, id)
+		if !ok {
+			return fail(fmt.Errorf("%w: %q in %s", ErrForgedReflection, id, in.room))
+		}
+		return Message{Message: in.msg, Body: body, Payload: legacyPayload(body), SenderDevice: enc.SID, IdentityKey: mgr.IdentityKey(),
+			Namespace: enc.Namespace, Sent: true, Reflected: true, OriginID: in.originID, Room: in.room, Nick: in.nick, RealFrom: p.own,
+			Trust: trust.Trusted, TrustLevel: trust.LevelTrusted}, true, nil
+	}
 	if sender == own && enc.SID == mgr.DeviceID() {
 		// Our own message, echoed back by the archive.
 		return Message{}, false, nil
@@ -364,6 +380,11 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		OriginID:     in.originID,
 		ArchiveID:    in.archiveID,
 		Delay:        in.delay,
+		Room:         in.room,
+		Nick:         in.nick,
+	}
+	if !in.room.Equal(jid.JID{}) {
+		out.RealFrom = in.sender
 	}
 	if out.From.Equal(jid.JID{}) {
 		out.From = in.sender
@@ -377,6 +398,11 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		to := in.msg.To.Bare()
 		if to.Equal(jid.JID{}) {
 			to = p.own
+		}
+		if !in.room.Equal(jid.JID{}) {
+			// A room message names the room in <to>: a server cannot turn
+			// it into a private message or the other way round.
+			to = in.room
 		}
 		// XEP-0384 requires <rpad> (it may be empty: XEP-0420 allows a
 		// 0-length padding). An affix that is present but unparseable

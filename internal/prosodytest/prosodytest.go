@@ -67,6 +67,10 @@ const (
 // Domain is the only virtual host of the test server.
 const Domain = "localhost"
 
+// MUCDomain is the group chat (XEP-0045) service of a Start server: rooms
+// are non-anonymous and persistent by default and archived (muc_mam).
+const MUCDomain = "conference." + Domain
+
 // PEPMaxItems is the pep_max_items setting of the test server (the largest
 // pubsub#max_items a PEP node may be configured with; "max" means this).
 const PEPMaxItems = 10000
@@ -473,6 +477,15 @@ log = {
 	{ levels = { min = "debug" }, to = "file", filename = ` + q(filepath.Join(dir, "prosody.log")) + ` };
 }
 VirtualHost "` + Domain + `"
+
+-- Group chats: rooms show real JIDs and outlive their occupants by default
+-- (OMEMO needs non-anonymous rooms), and archive their messages.
+Component "` + MUCDomain + `" "muc"
+	modules_enabled = { "muc_mam" }
+	muc_room_default_public_jids = true
+	muc_room_default_persistent = true
+	muc_room_default_history_length = 0
+	restrict_room_creation = false
 `
 }
 
