@@ -66,10 +66,18 @@ func expectRoom(t *testing.T, c *client, room jid.JID, from jid.JID, body string
 // was away reads the room's archive, and a member without OMEMO fails the
 // send unless skipping was asked for.
 func TestIntegrationRoom(t *testing.T) {
-	srv := prosodytest.Start(t,
-		prosodytest.User{Name: "alice"}, prosodytest.User{Name: "bob"}, prosodytest.User{Name: "carol"},
-		prosodytest.User{Name: "dave"},
-	)
+	runRoom(t, prosodytest.Start(t, roomUsers...))
+}
+
+// TestIntegrationRoomEjabberd runs the room scenario against ejabberd
+// 23.01's mod_muc.
+func TestIntegrationRoomEjabberd(t *testing.T) {
+	runRoom(t, prosodytest.StartEjabberd(t, roomUsers...))
+}
+
+var roomUsers = []prosodytest.User{{Name: "alice"}, {Name: "bob"}, {Name: "carol"}, {Name: "dave"}}
+
+func runRoom(t *testing.T, srv *prosodytest.Server) {
 	aliceJID, bobJID, carolJID, daveJID := srv.JID("alice"), srv.JID("bob"), srv.JID("carol"), srv.JID("dave")
 	cfg := omemo.Config{SendPresence: true}
 	alice1 := connect(t, srv, "alice", store.NewMemory(), cfg, true)
@@ -110,9 +118,6 @@ func TestIntegrationRoom(t *testing.T) {
 			t.Errorf("%s: nick %q", c.name, m.Nick)
 		}
 	}
-	carolMsg := func() {}
-	_ = carolMsg
-
 	// Answers cross: bob and carol write at once.
 	done := make(chan error, 2)
 	for _, c := range []*client{bob, carol} {
@@ -176,4 +181,71 @@ func TestIntegrationRoom(t *testing.T) {
 	for _, c := range []*client{alice2, bob} {
 		expectRoom(t, c, room, aliceJID, "skipping dave")
 	}
+}
+
+// TestIntegrationRoomArchiveAndAnonymous: a member who was away reads the
+// room's messages from its archive when she comes back (decrypted once, with
+// the sender's real JID from the archive); a room that hides real JIDs is
+// refused before anything is sent: neither the other occupant nor the
+// room's archive gets anything.
+func TestIntegrationRoomArchiveAndAnonymous(t *testing.T) {
+	srv := prosodytest.Start(t, prosodytest.User{Name: "alice"}, prosodytest.User{Name: "bob"})
+	aliceJID, bobJID := srv.JID("alice"), srv.JID("bob")
+	cfg := omemo.Config{SendPresence: true}
+	alice := connect(t, srv, "alice", store.NewMemory(), cfg, true)
+	bobStore := store.NewMemory()
+	bob := connect(t, srv, "bob", bobStore, cfg, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	room := roomJID(t, "archived", "")
+	if _, err := alice.p.CreateRoom(ctx, roomJID(t, "archived", "alice"), bobJID); err != nil {
+		t.Fatal(err)
+	}
+	join(t, bob, roomJID(t, "archived", "bob"))
+	sendGroup(t, alice, room, "first")
+	alice.expect(10 * time.Second)
+	expectRoom(t, bob, room, aliceJID, "first")
+
+	bob.disconnect()
+	since := time.Now().Add(-time.Second)
+	sendGroup(t, alice, room, "while bob was away")
+	alice.expect(10 * time.Second)
+	bob2 := connect(t, srv, "bob", bobStore, cfg, true)
+	join(t, bob2, roomJID(t, "archived", "bob"))
+	if err := bob2.p.CatchUpRoom(ctx, room, since); err != nil {
+		t.Fatal(err)
+	}
+	m := expectRoom(t, bob2, room, aliceJID, "while bob was away")
+	if !m.Archived || m.Nick != "alice" || m.Delay.IsZero() {
+		t.Fatalf("archived room message %+v", m)
+	}
+	bob2.expectNone(300 * time.Millisecond)
+	// Reading the archive again finds nothing new.
+	if err := bob2.p.CatchUpRoom(ctx, room, since); err != nil {
+		t.Fatal(err)
+	}
+	bob2.expectNone(300 * time.Millisecond)
+	if errs := bob2.decryptErrors(); len(errs) != 0 {
+		t.Fatalf("decryption errors: %v", errs)
+	}
+
+	// The room now hides real JIDs from plain occupants.
+	if err := groupchat.Configure(ctx, alice.s, room, [][2]string{{"muc#roomconfig_whois", "moderators"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r, _ := alice.p.Room(room); r.NonAnonymous() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	after := time.Now()
+	_, err := alice.p.SendGroup(ctx, room, "must not leave")
+	if !errors.Is(err, groupchat.ErrAnonymous) {
+		t.Fatalf("SendGroup to a semi-anonymous room: %v, want ErrAnonymous", err)
+	}
+	bob2.expectNone(500 * time.Millisecond)
+	if err := bob2.p.CatchUpRoom(ctx, room, after); err != nil {
+		t.Fatal(err)
+	}
+	bob2.expectNone(300 * time.Millisecond)
 }

@@ -204,6 +204,17 @@ modules:
   mod_offline:
     access_max_user_messages: max_user_offline_messages
   mod_ping: {}
+  mod_muc:
+    host: %s
+    access: all
+    access_create: local
+    access_persistent: local
+    access_mam: all
+    default_room_options:
+      anonymous: false
+      persistent: true
+      mam: true
+  mod_muc_admin: {}
   mod_pubsub:
     access_createnode: pubsub_createnode
     plugins:
@@ -211,6 +222,6 @@ modules:
       - pep
   mod_roster: {}
   mod_stream_mgmt: {}
-`, Domain, q(filepath.Join(dir, Domain+".crt")), q(filepath.Join(dir, Domain+".key")), port)
+`, Domain, q(filepath.Join(dir, Domain+".crt")), q(filepath.Join(dir, Domain+".key")), port, q(MUCDomain))
 	return b.String()
 }
