@@ -48,3 +48,42 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Fatalf("quick start has %d lines, want under 30", n)
 	}
 }
+
+// TestReadmeGroupChat keeps the README's group chat block identical to the
+// body of ExamplePlugin_SendGroup.
+func TestReadmeGroupChat(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("example_room_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := string(readme)
+	i := strings.Index(r, "### Group chat")
+	if i < 0 {
+		t.Fatal("README has no group chat section")
+	}
+	r = r[i:]
+	start := strings.Index(r, "```go\n")
+	end := strings.Index(r[start+6:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("no Go block in the group chat section")
+	}
+	snippet := strings.TrimSpace(r[start+6 : start+6+end])
+	e := string(example)
+	const decl = "func ExamplePlugin_SendGroup() {"
+	j := strings.Index(e, decl)
+	k := strings.LastIndex(e, "}")
+	if j < 0 || k < j {
+		t.Fatal("no ExamplePlugin_SendGroup")
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.Trim(e[j+len(decl):k], "\n"), "\n") {
+		lines = append(lines, strings.TrimPrefix(l, "\t"))
+	}
+	if body := strings.TrimSpace(strings.Join(lines, "\n")); body != snippet {
+		t.Fatalf("README group chat block and ExamplePlugin_SendGroup differ:\nREADME:\n%s\n\nExample:\n%s", snippet, body)
+	}
+}

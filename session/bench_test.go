@@ -260,13 +260,18 @@ const devicesPerAccount = 5
 // encryptSetup returns a sender device on st and n recipient devices (5
 // per account) with confirmed sessions, and the recipients' JIDs.
 func encryptSetup(tb testing.TB, st store.Store, n int) (*network, *peer, []string) {
+	return encryptSetupSpread(tb, st, n, devicesPerAccount)
+}
+
+// encryptSetupSpread is encryptSetup with perAccount devices per account.
+func encryptSetupSpread(tb testing.TB, st store.Store, n, perAccount int) (*network, *peer, []string) {
 	tb.Helper()
 	net := newNetwork()
 	alice := net.add(tb, "alice@example.org", st)
 	var to []string
 	for i := range n {
-		jid := fmt.Sprintf("peer%d@example.org", i/devicesPerAccount)
-		if i%devicesPerAccount == 0 {
+		jid := fmt.Sprintf("peer%d@example.org", i/perAccount)
+		if i%perAccount == 0 {
 			to = append(to, jid)
 		}
 		net.add(tb, jid, nil)
@@ -370,6 +375,43 @@ func BenchmarkEncrypt(b *testing.B) {
 					reportPerDevice(b, n, ref, commits)
 				})
 			}
+		})
+	}
+}
+
+// BenchmarkEncryptRoom encrypts a room message for 10 and 50 member
+// devices, one per member account (the shape of a room), on established
+// sessions, in memory, and, interleaved with it so that both see the same
+// machine, a one-to-one message to one account with as many devices. It
+// reports both per-device costs and their ratio (x-1to1; the target is
+// 1.2 at most).
+func BenchmarkEncryptRoom(b *testing.B) {
+	for _, n := range []int{10, 50} {
+		b.Run(fmt.Sprintf("%ddevices", n), func(b *testing.B) {
+			_, one, oneTo := encryptSetupSpread(b, store.NewMemory(), n, n)
+			_, room, roomTo := encryptSetupSpread(b, store.NewMemory(), n, 1)
+			ctx := context.Background()
+			pts := pt2("a message of ordinary length, about a line of text")
+			var tOne, tRoom time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if _, err := one.m.Encrypt(ctx, oneTo, pts, nil); err != nil {
+					b.Fatal(err)
+				}
+				mid := time.Now()
+				res, err := room.m.Encrypt(ctx, roomTo, pts, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tOne, tRoom = tOne+mid.Sub(start), tRoom+time.Since(mid)
+				if len(res.Recipients) != n {
+					b.Fatalf("reached %d devices, want %d", len(res.Recipients), n)
+				}
+			}
+			perDev := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) / float64(n) }
+			b.ReportMetric(perDev(tRoom), "room-ns/device")
+			b.ReportMetric(perDev(tOne), "1to1-ns/device")
+			b.ReportMetric(perDev(tRoom)/perDev(tOne), "x-1to1")
 		})
 	}
 }
