@@ -404,8 +404,13 @@ func trustName(m omemo.Message) string {
 	return m.Trust.String()
 }
 
-// printMessage writes a received message.
+// printMessage writes a received message (a room message as
+// printRoomMessage does).
 func (c *client) printMessage(m omemo.Message) {
+	if isRoom(m) {
+		c.printRoomMessage(m)
+		return
+	}
 	from := m.From.Bare().String()
 	v := messageJSON{
 		From:        from,

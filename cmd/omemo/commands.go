@@ -95,7 +95,7 @@ func (c *client) send(ctx context.Context, to jid.JID, body string) error {
 func (c *client) sendError(ctx context.Context, to jid.JID, err error) error {
 	switch {
 	case errors.Is(err, session.ErrStillUndecided):
-		return c.undecidedError(ctx, to, err)
+		return c.undecidedError(ctx, []jid.JID{to.Bare()}, err)
 	case errors.Is(err, session.ErrNoEligibleDevices) && errors.Is(err, devicelist.ErrAccessDenied):
 		return fmt.Errorf("not sent: no device of %s can be encrypted for: the server refused access to the device list (it may also have none): %w", to.Bare(), err)
 	case errors.Is(err, session.ErrNoEligibleDevices):
@@ -104,18 +104,23 @@ func (c *client) sendError(ctx context.Context, to jid.JID, err error) error {
 	return fmt.Errorf("not sent: %w", err)
 }
 
-// undecidedError lists the devices the trust policy left undecided, with
-// their fingerprints and the command that trusts them. Its lines are
-// intended, its remote parts escaped: it is a *termError.
-func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) error {
+// undecidedError lists the devices of the recipients (to: a contact, or
+// the members of a room) that the trust policy left undecided, with their
+// fingerprints and the command that trusts them. Its lines are intended,
+// its remote parts escaped: it is a *termError.
+func (c *client) undecidedError(ctx context.Context, to []jid.JID, cause error) error {
 	mgr := c.plugin.Manager()
 	qctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	var undecided []session.DeviceInfo
-	if devs, err := mgr.Devices(qctx, to.Bare().String()); err == nil {
-		undecided = append(undecided, devs...)
+	own := false
+	for _, j := range to {
+		own = own || j.Bare().Equal(c.g.account.Bare())
+		if devs, err := mgr.Devices(qctx, j.Bare().String()); err == nil {
+			undecided = append(undecided, devs...)
+		}
 	}
-	if _, others, err := mgr.OwnDevices(qctx); err == nil && !to.Bare().Equal(c.g.account.Bare()) {
+	if _, others, err := mgr.OwnDevices(qctx); err == nil && !own {
 		undecided = append(undecided, others...)
 	}
 	undecided = slices.DeleteFunc(undecided, func(d session.DeviceInfo) bool {
@@ -128,7 +133,11 @@ func (c *client) undecidedError(ctx context.Context, to jid.JID, cause error) er
 	}
 	b.WriteString("\nverify the fingerprints with the contact, then trust each device with:")
 	if len(undecided) == 0 {
-		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint FINGERPRINT -level trusted", c.g.account.Bare(), to.Bare())
+		contact := "JID"
+		if len(to) == 1 {
+			contact = escapeText(to[0].Bare().String())
+		}
+		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint FINGERPRINT -level trusted", c.g.account.Bare(), contact)
 	}
 	for _, d := range undecided {
 		fmt.Fprintf(&b, "\n  omemo -jid %s trust -jid %s -fingerprint %s -level trusted", c.g.account.Bare(), escapeText(d.JID), strings.ReplaceAll(d.Fingerprint(), " ", ""))
@@ -163,11 +172,24 @@ func (c *client) echo(ctx context.Context, m omemo.Message) {
 
 func setupSend(fs *flag.FlagSet) runFunc {
 	to := fs.String("to", "", "recipient `JID`")
+	rf := addRoomFlags(fs, "send to")
 	wait := fs.Duration("wait", 0, "stay online and print replies for `DURATION`")
 	return func(ctx context.Context, g *globals, args []string, e env) error {
-		recipient, err := parseJID("-to", *to)
+		if rf.set() && *to != "" {
+			return usageError("send: -to and -room are mutually exclusive: send to a contact or to a room")
+		}
+		room, err := rf.parse("send", g)
 		if err != nil {
 			return err
+		}
+		if !rf.set() && *to == "" {
+			return usageError("-to is required (or -room ROOM to send to a group chat)")
+		}
+		var recipient jid.JID
+		if !rf.set() {
+			if recipient, err = parseJID("-to", *to); err != nil {
+				return err
+			}
 		}
 		text := strings.Join(args, " ")
 		if text == "" {
@@ -175,6 +197,11 @@ func setupSend(fs *flag.FlagSet) runFunc {
 		}
 		if *wait < 0 {
 			return usageError("send: -wait must not be negative")
+		}
+		if rf.set() {
+			return withClient(ctx, g, e, func(c *client) error {
+				return c.sendRoomCmd(ctx, room, text, *wait)
+			})
 		}
 		return withClient(ctx, g, e, func(c *client) error {
 			if err := c.send(ctx, recipient, text); err != nil {
@@ -205,7 +232,8 @@ func setupSend(fs *flag.FlagSet) runFunc {
 func setupListen(fs *flag.FlagSet) runFunc {
 	dur := fs.Duration("for", 0, "exit after `DURATION` (default: until interrupted)")
 	count := fs.Int("count", 0, "exit after `N` messages (default: until interrupted; copies of messages sent by the account's other devices and messages without a text do not count)")
-	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted`)
+	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted (room messages in the room)`)
+	rf := addRoomFlags(fs, "also join and listen to")
 	return func(ctx context.Context, g *globals, args []string, e env) error {
 		if len(args) > 0 {
 			return usageError("listen: unexpected arguments %q", args)
@@ -213,7 +241,17 @@ func setupListen(fs *flag.FlagSet) runFunc {
 		if *dur < 0 || *count < 0 {
 			return usageError("listen: -for and -count must not be negative")
 		}
+		room, err := rf.parse("listen", g)
+		if err != nil {
+			return err
+		}
 		return withClient(ctx, g, e, func(c *client) error {
+			if rf.set() {
+				if _, err := c.joinRoom(ctx, room, true); err != nil {
+					return err
+				}
+				defer c.leaveRoom(ctx, room.Bare())
+			}
 			var deadline <-chan time.Time
 			if *dur > 0 {
 				t := time.NewTimer(*dur)
@@ -225,13 +263,18 @@ func setupListen(fs *flag.FlagSet) runFunc {
 			for *count == 0 || n < *count {
 				select {
 				case m := <-c.inbox.ch:
-					// Every message is printed; only
-					// received ones with a text count.
-					if receivedText(m) {
+					// Every message is printed (but the
+					// room's copies of this device's own);
+					// only received ones with a text count.
+					if c.counted(m) {
 						n++
 					}
 					c.printMessage(m)
-					if *echo {
+					switch {
+					case !*echo:
+					case isRoom(m):
+						c.echoRoom(ctx, m)
+					default:
 						c.echo(ctx, m)
 					}
 				case <-deadline:
@@ -248,15 +291,45 @@ func setupListen(fs *flag.FlagSet) runFunc {
 }
 
 func setupChat(fs *flag.FlagSet) runFunc {
+	rf := addRoomFlags(fs, "chat in")
 	return func(ctx context.Context, g *globals, args []string, e env) error {
-		if len(args) != 1 {
-			return usageError("chat: want exactly one JID")
-		}
-		peer, err := parseJID("chat JID", args[0])
+		room, err := rf.parse("chat", g)
 		if err != nil {
 			return err
 		}
+		var peer jid.JID
+		switch {
+		case rf.set() && len(args) > 0:
+			return usageError("chat: give a JID or -room ROOM, not both (flags go before the JID)")
+		case rf.set():
+		case len(args) != 1:
+			return usageError("chat: want exactly one JID (or -room ROOM)")
+		default:
+			if peer, err = parseJID("chat JID", args[0]); err != nil {
+				return err
+			}
+		}
 		return withClient(ctx, g, e, func(c *client) error {
+			// send sends a line to the contact or the room and
+			// prints the result.
+			send := func(line string) error {
+				if !rf.set() {
+					return c.send(ctx, peer, line)
+				}
+				res, err := c.sendRoom(ctx, room.Bare(), line)
+				if err == nil {
+					c.printRoomSent(room.Bare(), res)
+				}
+				return err
+			}
+			with := peer.String()
+			if rf.set() {
+				if _, err := c.joinRoom(ctx, room, true); err != nil {
+					return err
+				}
+				defer c.leaveRoom(ctx, room.Bare())
+				with = "the room " + room.Bare().String()
+			}
 			lines := make(chan string)
 			readErr := make(chan error, 1)
 			stop := make(chan struct{})
@@ -264,14 +337,14 @@ func setupChat(fs *flag.FlagSet) runFunc {
 			go func() {
 				readErr <- readLines(e.stdin, lines, stop)
 			}()
-			c.out.progress("chatting with %s: type a line to send it, end with EOF (Ctrl-D) or interrupt", peer)
+			c.out.progress("chatting with %s: type a line to send it, end with EOF (Ctrl-D) or interrupt", with)
 			for {
 				select {
 				case line := <-lines:
 					if strings.TrimSpace(line) == "" {
 						continue
 					}
-					if err := c.send(ctx, peer, line); err != nil {
+					if err := send(line); err != nil {
 						// The chat goes on; the reason is shown.
 						fmt.Fprintf(e.stderr, "omemo: %v\n", safeError(err))
 					}

@@ -19,8 +19,15 @@
 // Commands:
 //
 //	send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
+//	send -room ROOM [-nick NICK] [-wait DURATION] TEXT
+//	                                       join ROOM, encrypt for its members and send; exits once the room returned the message
 //	listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
+//	listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]
+//	                                       also join ROOM and print its messages; -echo answers them in the room
 //	chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
+//	chat -room ROOM [-nick NICK]           interactive, in ROOM
+//	room create [-members JID,JID] ROOM    create ROOM (non-anonymous, members-only, persistent; you its owner), add the members
+//	room members ROOM                      the owners, admins and members of ROOM
 //	devices [-jid JID]                     id, label, fingerprint, trust, backends and active flag of each device
 //	trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
 //	fingerprint                            own device id and fingerprint
@@ -31,6 +38,11 @@
 // text exactly as given, put -- before it:
 //
 //	omemo -jid alice@example.org send -to bob@example.org -- -wait is a flag
+//
+// ROOM is the bare JID of a group chat (XEP-0045 room, room@service); NICK
+// defaults to the account's local part. send, listen and chat create a
+// room that does not exist (non-anonymous, members-only, persistent, the
+// account its owner) and refuse one that is not non-anonymous.
 //
 // Every command logs in (STARTTLS, SASL, resource binding), opens the OMEMO
 // state file (which holds the private keys of this device: keep it private),
@@ -51,6 +63,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -95,11 +108,22 @@ global flags:
 
 commands:
   send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
+  send -room ROOM [-nick NICK] [-wait DURATION] TEXT
+                                         join ROOM, encrypt for its members and send; exits once the room returned the message
   listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
+  listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]
+                                         also join ROOM and print its messages; -echo answers them in the room
   chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
+  chat -room ROOM [-nick NICK]           interactive, in ROOM
+  room create [-members JID,JID] ROOM    create ROOM (non-anonymous, members-only, persistent; you its owner), add the members
+  room members ROOM                      the owners, admins and members of ROOM
   devices [-jid JID]                     id, label, fingerprint, trust, backends and active flag of each device
   trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided
   fingerprint                            own device id and fingerprint
+
+ROOM is a group chat's bare JID (room@conference.example.org); NICK defaults
+to the account's local part. send, listen and chat create a ROOM that does
+not exist, and refuse one that is not non-anonymous.
 
 Flags go before TEXT: a word of TEXT that is a flag (-wait 5s, --to, -json…)
 is refused. To send a text exactly as given, put -- before it:
@@ -190,17 +214,58 @@ func parseArgs(args []string, e env) (runFunc, *globals, []string, error) {
 	g := &globals{addr: *addr, store: *storeP, insecure: *insecure, json: *jsonOut}
 	name, rest := fs.Arg(0), fs.Args()[1:]
 	cmd, ok := commands[name]
+	if strings.ContainsRune(name, ' ') {
+		// "room create" is two words.
+		ok = false
+	}
+	if subs := subcommands(name); !ok && len(subs) > 0 {
+		// A group of commands ("room create", "room members").
+		groupUsage := func() {
+			for i, sub := range subs {
+				prefix := "usage:"
+				if i > 0 {
+					prefix = "   or:"
+				}
+				fmt.Fprintf(e.stderr, "%s omemo [global flags] %s\n", prefix, commands[sub].usage[0])
+			}
+		}
+		switch {
+		case len(rest) > 0 && isHelpFlag(rest[0]):
+			groupUsage()
+			return nil, nil, nil, flag.ErrHelp
+		case len(rest) == 0 || strings.HasPrefix(rest[0], "-"):
+			groupUsage()
+			var words []string
+			for _, sub := range subs {
+				words = append(words, strings.TrimPrefix(sub, name+" "))
+			}
+			return nil, nil, nil, usageError("%s: want a subcommand: %s", name, strings.Join(words, " or "))
+		}
+		name, rest = name+" "+rest[0], rest[1:]
+		if cmd, ok = commands[name]; !ok {
+			return nil, nil, nil, usageError("unknown command %q", name)
+		}
+	}
 	if !ok {
 		return nil, nil, nil, usageError("unknown command %q", name)
 	}
 	cfs := flag.NewFlagSet("omemo "+name, flag.ContinueOnError)
 	cfs.SetOutput(e.stderr)
 	cfs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: omemo [global flags] %s\n", cmd.usage)
+		for i, u := range cmd.usage {
+			prefix := "usage:"
+			if i > 0 {
+				prefix = "   or:"
+			}
+			fmt.Fprintf(e.stderr, "%s omemo [global flags] %s\n", prefix, u)
+		}
 		cfs.PrintDefaults()
-		if cmd.text != "" {
+		if len(cmd.text) > 0 {
 			fmt.Fprintf(e.stderr, "Flags go before TEXT: a word of TEXT that is a flag is refused.\n"+
-				"To send a text exactly as given, put -- before it: omemo [global flags] %s\n", cmd.text)
+				"To send a text exactly as given, put -- before it: omemo [global flags] %s\n", cmd.text[0])
+			for _, t := range cmd.text[1:] {
+				fmt.Fprintf(e.stderr, "  or: omemo [global flags] %s\n", t)
+			}
 		}
 	}
 	exec := cmd.setup(cfs)
@@ -210,8 +275,14 @@ func parseArgs(args []string, e env) (runFunc, *globals, []string, error) {
 		}
 		return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if cmd.text != "" {
-		if err := checkText(name, cmd.text, cfs, fs, rest); err != nil {
+	if len(cmd.text) > 0 {
+		// The hint shows the form used: to a contact or (send -room)
+		// to a room.
+		example := cmd.text[0]
+		if f := cfs.Lookup("room"); f != nil && f.Value.String() != "" && len(cmd.text) > 1 {
+			example = cmd.text[1]
+		}
+		if err := checkText(name, example, cfs, fs, rest); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -271,12 +342,15 @@ func parseBackends(list string) ([]backends.Factory, error) {
 
 // command is one subcommand: setup registers its flags on the command's
 // flag set and returns the function that runs it with the remaining
-// arguments.
+// arguments. A name with a space ("room create") is a command of a group
+// ("room").
 type command struct {
-	usage string
+	// usage are the forms of the command, without "omemo [global flags]".
+	usage []string
 	// text is set for a command whose arguments are free text: the
-	// command's usage with -- before the text. See checkText.
-	text  string
+	// command's usage with -- before the text, for each form (the second
+	// is the form with -room). See checkText.
+	text  []string
 	setup func(fs *flag.FlagSet) func(ctx context.Context, g *globals, args []string, e env) error
 }
 
@@ -284,13 +358,41 @@ var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"send":        {usage: "send -to JID [-wait DURATION] TEXT", text: "send -to JID [-wait DURATION] -- TEXT", setup: setupSend},
-		"listen":      {usage: "listen [-for DURATION] [-count N] [-echo]", setup: setupListen},
-		"chat":        {usage: "chat JID", setup: setupChat},
-		"devices":     {usage: "devices [-jid JID]", setup: setupDevices},
-		"trust":       {usage: "trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided", setup: setupTrust},
-		"fingerprint": {usage: "fingerprint", setup: setupFingerprint},
+		"send": {
+			usage: []string{"send -to JID [-wait DURATION] TEXT", "send -room ROOM [-nick NICK] [-wait DURATION] TEXT"},
+			text:  []string{"send -to JID [-wait DURATION] -- TEXT", "send -room ROOM [-nick NICK] [-wait DURATION] -- TEXT"},
+			setup: setupSend,
+		},
+		"listen": {
+			usage: []string{"listen [-for DURATION] [-count N] [-echo]", "listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]"},
+			setup: setupListen,
+		},
+		"chat":         {usage: []string{"chat JID", "chat -room ROOM [-nick NICK]"}, setup: setupChat},
+		"room create":  {usage: []string{"room create [-members JID,JID] ROOM"}, setup: setupRoomCreate},
+		"room members": {usage: []string{"room members ROOM"}, setup: setupRoomMembers},
+		"devices":      {usage: []string{"devices [-jid JID]"}, setup: setupDevices},
+		"trust":        {usage: []string{"trust -jid JID -fingerprint HEX -level trusted|distrusted|undecided"}, setup: setupTrust},
+		"fingerprint":  {usage: []string{"fingerprint"}, setup: setupFingerprint},
 	}
+}
+
+// subcommands returns the sorted names of the commands of the group name
+// ("room create", "room members" for "room").
+func subcommands(name string) []string {
+	var out []string
+	for n := range commands {
+		if strings.HasPrefix(n, name+" ") {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// isHelpFlag reports whether word asks for help (-h, --help…).
+func isHelpFlag(word string) bool {
+	name, hasValue, ok := parseFlagWord(word)
+	return ok && !hasValue && (name == "h" || name == "help")
 }
 
 // opTimeout bounds each network operation (login, start, send, fetch).

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,8 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"mellium.im/omemo/groupchat"
 	"mellium.im/omemo/internal/prosodytest"
 	"mellium.im/omemo/ns"
+	"mellium.im/xmpp/jid"
 )
 
 // cli drives the built binary against one Prosody test server.
@@ -212,6 +215,9 @@ func TestCLI(t *testing.T) {
 		prosodytest.User{Name: "mallory", Password: "right"},
 		prosodytest.User{Name: "nina"}, prosodytest.User{Name: "oscar"},
 		prosodytest.User{Name: "paul"}, prosodytest.User{Name: "quinn"},
+		prosodytest.User{Name: "rose"}, prosodytest.User{Name: "sam"},
+		prosodytest.User{Name: "tina"}, prosodytest.User{Name: "uma"},
+		prosodytest.User{Name: "vera"},
 	)
 	bin := filepath.Join(t.TempDir(), "omemo")
 	build := []string{"build", "-o", bin}
@@ -571,6 +577,16 @@ func TestCLI(t *testing.T) {
 			}
 		})
 
+		t.Run("room", func(t *testing.T) {
+			t.Parallel()
+			testRoom(t, c)
+		})
+
+		t.Run("anonymous room refused", func(t *testing.T) {
+			t.Parallel()
+			testAnonymousRoom(t, c)
+		})
+
 		t.Run("usage errors", func(t *testing.T) {
 			t.Parallel()
 			for _, tc := range []struct {
@@ -581,6 +597,8 @@ func TestCLI(t *testing.T) {
 				{[]string{"-jid", "alice@localhost"}, "no command"},
 				{[]string{"-jid", "alice@localhost", "frobnicate"}, "unknown command"},
 				{[]string{"-jid", "alice@localhost", "send", "hi"}, "-to is required"},
+				{[]string{"-jid", "alice@localhost", "send", "-room", "team@" + prosodytest.MUCDomain, "-to", "bob@localhost", "hi"}, "-to and -room are mutually exclusive"},
+				{[]string{"-jid", "alice@localhost", "room", "create"}, "want exactly one ROOM"},
 				{[]string{"-jid", "alice@localhost", "-trust", "sometimes", "fingerprint"}, "-trust"},
 				{[]string{"-jid", "alice@localhost", "-backends", "threemomo", "fingerprint"}, "unknown backend"},
 				{[]string{"-jid", "alice@localhost", "trust", "-jid", "bob@localhost", "-fingerprint", "abc", "-level", "trusted"}, "64 hex digits"},
@@ -597,4 +615,201 @@ func TestCLI(t *testing.T) {
 		t.Errorf("the CLI tests took %v", d)
 	}
 	t.Logf("took %v", time.Since(began))
+}
+
+// joined waits for the "joined" status line of a -json listen or chat in
+// room and returns it; a "created" line before it fails the test (the
+// rooms of the tests exist).
+func joined(t *testing.T, p *proc, room, nick string) {
+	t.Helper()
+	line := p.next(20 * time.Second)
+	if ev := decode[eventJSON](t, line); ev != (eventJSON{Event: "joined", Room: room, Nick: nick}) {
+		t.Fatalf("first line %s, want the joined event of %s as %q", line, room, nick)
+	}
+}
+
+// waitStderr waits until p wrote want to stderr.
+func waitStderr(t *testing.T, p *proc, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(p.stderr.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v: no %q on stderr:\n%s", p.cmd.Args[1:], want, p.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testRoom: rose creates a room with sam and tina (legacy OMEMO only) as
+// members; her messages reach both listeners, tina's echo reaches rose and
+// sam; chat -room works; a member without OMEMO (uma) makes send -room
+// fail, and nothing reaches the room.
+func testRoom(t *testing.T, c *cli) {
+	dir := t.TempDir()
+	room := "team@" + prosodytest.MUCDomain
+	// The three devices are created at once.
+	var fps []fingerprintJSON
+	for _, p := range []*proc{
+		c.start(t, c.args(dir, "rose", "-json", "fingerprint")...),
+		c.start(t, c.args(dir, "sam", "-json", "fingerprint")...),
+		c.start(t, c.args(dir, "tina", "-backends", "oldmemo", "-json", "fingerprint")...),
+	} {
+		if code := p.wait(30 * time.Second); code != 0 || len(p.stdout()) != 1 {
+			t.Fatalf("%v: exit %d, stdout %q; stderr:\n%s", p.cmd.Args[1:], code, p.stdout(), p.stderr)
+		}
+		fps = append(fps, decode[fingerprintJSON](t, p.stdout()[0]))
+	}
+	rose, sam, tina := fps[0], fps[1], fps[2]
+	if rose.JID != "rose@localhost" || sam.JID != "sam@localhost" || tina.JID != "tina@localhost" || rose.Device == 0 || sam.Device == 0 || tina.Device == 0 {
+		t.Fatalf("fingerprints %+v", fps)
+	}
+
+	out := c.mustRun(t, c.args(dir, "rose", "-json", "room", "create", "-members", "sam@localhost, tina@localhost", room)...)
+	if got := decode[roomCreateJSON](t, out); got != (roomCreateJSON{Room: room, Created: true}) || out != `{"room":"`+room+`","created":true}` {
+		t.Fatalf("room create printed %s", out)
+	}
+	out = c.mustRun(t, c.args(dir, "rose", "-json", "room", "members", room)...)
+	wantMembers := `{"room":"` + room + `","owners":["rose@localhost"],"admins":[],"members":["sam@localhost","tina@localhost"]}`
+	if m := decode[roomMembersJSON](t, out); out != wantMembers || len(m.Members) != 2 {
+		t.Fatalf("room members printed\n%s\nwant\n%s", out, wantMembers)
+	}
+
+	// sam and tina (legacy OMEMO only) listen in the room, tina echoes.
+	ls := c.start(t, c.args(dir, "sam", "-json", "listen", "-room", room, "-count", "2", "-for", "30s")...)
+	lt := c.start(t, c.args(dir, "tina", "-backends", "oldmemo", "-json", "listen", "-room", room, "-echo", "-count", "1", "-for", "30s")...)
+	joined(t, ls, room, "sam")
+	joined(t, lt, room, "tina")
+	s := c.start(t, c.args(dir, "rose", "-json", "send", "-room", room, "-wait", "3s", "hello team")...)
+	res := decode[roomSendJSON](t, s.next(20*time.Second))
+	slices.SortFunc(res.Devices, func(a, b recipientJSON) int { return strings.Compare(a.JID, b.JID) })
+	wantDevices := []recipientJSON{{JID: "sam@localhost", Device: sam.Device, Backend: ns.OMEMO2}, {JID: "tina@localhost", Device: tina.Device, Backend: ns.Legacy}}
+	if res.Room != room || res.ID == "" || res.Errors == nil || len(res.Errors) != 0 || !slices.Equal(res.Devices, wantDevices) {
+		t.Fatalf("send -room result %+v, want the devices %+v", res, wantDevices)
+	}
+	reply := decode[roomMessageJSON](t, s.next(15*time.Second))
+	if want := (roomMessageJSON{Room: room, Nick: "tina", From: "tina@localhost", Device: tina.Device, Backend: ns.Legacy, Body: "echo: hello team", Trust: reply.Trust}); reply != want {
+		t.Fatalf("rose received %+v, want %+v", reply, want)
+	}
+	if code := s.wait(20 * time.Second); code != 0 {
+		t.Fatalf("send -room -wait: exit %d; stderr:\n%s", code, s.stderr)
+	}
+	if lines := s.stdout(); len(lines) != 2 {
+		t.Fatalf("send -room -wait printed %q, want the result and the echo (not the room's copy of the own message)", lines)
+	}
+	for _, p := range []*proc{ls, lt} {
+		if code := p.wait(30 * time.Second); code != 0 {
+			t.Fatalf("%v: exit %d; stderr:\n%s", p.cmd.Args[1:], code, p.stderr)
+		}
+	}
+	fromRose := roomMessageJSON{Room: room, Nick: "rose", From: "rose@localhost", Device: rose.Device, Backend: ns.OMEMO2, Body: "hello team"}
+	lines := ls.stdout()
+	if len(lines) != 3 {
+		t.Fatalf("sam printed %q, want the joined event and two messages", lines)
+	}
+	got := []roomMessageJSON{decode[roomMessageJSON](t, lines[1]), decode[roomMessageJSON](t, lines[2])}
+	fromRose.Trust, reply.Trust = got[0].Trust, got[1].Trust
+	if got[0] != fromRose || got[1] != reply {
+		t.Fatalf("sam received %+v, want %+v and %+v", got, fromRose, reply)
+	}
+	if got[0].Trust != "blindly-trusted" && got[0].Trust != "undecided" {
+		t.Errorf("trust %q", got[0].Trust)
+	}
+	lines = lt.stdout()
+	fromRose.Backend = ns.Legacy
+	if len(lines) != 2 {
+		t.Fatalf("tina printed %q, want the joined event and rose's message", lines)
+	}
+	if m := decode[roomMessageJSON](t, lines[1]); m.Trust == "" || m != (roomMessageJSON{Room: room, Nick: "rose", From: "rose@localhost", Device: rose.Device, Backend: ns.Legacy, Body: "hello team", Trust: m.Trust}) {
+		t.Fatalf("tina received %+v", m)
+	}
+	if n := strings.Count(lt.stderr.String(), "echoed in "+room); n != 0 {
+		// -json hides progress: the echo was checked at rose and sam.
+		t.Errorf("progress with -json: %s", lt.stderr)
+	}
+
+	// chat -room, with a nick of its own; sam listens in text mode.
+	lt2 := c.start(t, c.args(dir, "sam", "listen", "-room", room, "-count", "1", "-for", "30s")...)
+	waitStderr(t, lt2, "listening")
+	nick := `Rose "R" ]`
+	k := c.start(t, c.args(dir, "rose", "-json", "chat", "-room", room, "-nick", nick)...)
+	if _, err := io.WriteString(k.stdin, "from chat\n"); err != nil {
+		t.Fatal(err)
+	}
+	joined(t, k, room, nick)
+	if res := decode[roomSendJSON](t, k.next(20*time.Second)); res.Room != room || len(res.Devices) != 2 {
+		t.Fatalf("chat -room send result %+v", res)
+	}
+	_ = k.stdin.Close()
+	if code := k.wait(15 * time.Second); code != 0 {
+		t.Fatalf("chat -room: exit %d; stderr:\n%s", code, k.stderr)
+	}
+	if code := lt2.wait(20 * time.Second); code != 0 {
+		t.Fatalf("listen -room: exit %d; stderr:\n%s", code, lt2.stderr)
+	}
+	prefix := fmt.Sprintf(`[%s] "Rose \"R\" ]" (rose@localhost) [device %d, OMEMO 2, `, room, rose.Device)
+	if lines := lt2.stdout(); len(lines) != 1 || !strings.HasPrefix(lines[0], prefix) || !strings.HasSuffix(lines[0], "]: from chat") {
+		t.Fatalf("listen -room printed %q, want %q…]: from chat", lines, prefix)
+	}
+	if !strings.Contains(lt2.stderr.String(), "joined "+room) {
+		t.Errorf("listen -room stderr:\n%s", lt2.stderr)
+	}
+
+	// uma, who never used OMEMO, becomes a member: sending to the room
+	// fails, and nothing reaches it. (Had the message gone out, sam would
+	// count it before rose's direct message.)
+	out = c.mustRun(t, c.args(dir, "rose", "-json", "room", "create", "-members", "uma@localhost", room)...)
+	if got := decode[roomCreateJSON](t, out); got != (roomCreateJSON{Room: room, Created: false}) {
+		t.Fatalf("room create of an existing room printed %s", out)
+	}
+	out = c.mustRun(t, c.args(dir, "rose", "room", "members", room)...)
+	if want := "room " + room + "\nowners:  rose@localhost\nadmins:  (none)\nmembers: sam@localhost, tina@localhost, uma@localhost"; out != want {
+		t.Fatalf("room members printed\n%s\nwant\n%s", out, want)
+	}
+	l3 := c.start(t, c.args(dir, "sam", "-json", "listen", "-room", room, "-count", "1", "-for", "30s")...)
+	joined(t, l3, room, "sam")
+	out, errOut, code := c.run(t, c.args(dir, "rose", "-json", "send", "-room", room, "must not arrive")...)
+	if code != exitError || out != "" || !strings.Contains(errOut, "not sent: 1 member(s) of "+room+" have no OMEMO device") ||
+		!strings.Contains(errOut, "uma@localhost") {
+		t.Fatalf("send -room with a member without OMEMO: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	c.mustRun(t, c.args(dir, "rose", "send", "-to", "sam@localhost", "direct")...)
+	if code := l3.wait(30 * time.Second); code != 0 {
+		t.Fatalf("listen -room: exit %d; stderr:\n%s", code, l3.stderr)
+	}
+	if lines := l3.stdout(); len(lines) != 2 || decode[messageJSON](t, lines[1]).Body != "direct" {
+		t.Fatalf("sam printed %q, want the joined event and rose's direct message only", lines)
+	}
+}
+
+// testAnonymousRoom: a room that hides real JIDs (semi-anonymous) is
+// refused by send -room and listen -room: nothing is sent, exit status 1.
+func testAnonymousRoom(t *testing.T, c *cli) {
+	dir := t.TempDir()
+	room := "hidden@" + prosodytest.MUCDomain
+	out := c.mustRun(t, c.args(dir, "vera", "-json", "room", "create", room)...)
+	if got := decode[roomCreateJSON](t, out); !got.Created {
+		t.Fatalf("room create printed %s", out)
+	}
+	s := c.srv.Dial(t, "vera", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := groupchat.Configure(ctx, s, jid.MustParse(room), [][2]string{{"muc#roomconfig_whois", "moderators"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"-json", "send", "-room", room, "must not be sent"},
+		{"-json", "listen", "-room", room, "-for", "20s"},
+		{"send", "-room", room, "must not be sent"},
+	} {
+		out, errOut, code := c.run(t, c.args(dir, "vera", args...)...)
+		if code != exitError || out != "" || !strings.Contains(errOut, "the room "+room+" is not non-anonymous") ||
+			(args[1] == "send" || args[0] == "send") && !strings.Contains(errOut, "omemo: not sent: the room") {
+			t.Fatalf("%q in a semi-anonymous room: exit %d\nstdout: %s\nstderr: %s", args, code, out, errOut)
+		}
+	}
+	// room create warns about it.
+	out, errOut, code := c.run(t, c.args(dir, "vera", "-json", "room", "create", room)...)
+	if code != 0 || out != `{"room":"`+room+`","created":false}` || !strings.Contains(errOut, "is not non-anonymous") {
+		t.Fatalf("room create of the semi-anonymous room: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
 }
