@@ -26,6 +26,23 @@ Requests:
   {"op":"devices","jid":BARE}
       downloads the device lists of BARE and gives them to the SessionManager;
       answers {"event":"devices","jid":BARE,"devices":{NS:[ID,...]}}
+  {"op":"join","room":ROOM_BARE,"nick":NICK}
+      joins an XEP-0045 room (slixmpp's xep_0045, no join history: maxstanzas 0), waits for the own presence
+      (and the subject), then reads the owner, admin and member lists (XEP-0045 §10.5, §10.8, §9.5; a list the
+      room refuses leaves the affiliations seen in presences) and from then on tracks the occupants with their
+      real JIDs and the affiliations from the room's presences; answers
+      {"event":"joined","room":ROOM,"nick":NICK,"occupants":{NICK:REAL_BARE,...},
+       "affiliations":{REAL_BARE:"owner"|"admin"|"member",...}}
+      (an occupant whose real JID the room hides maps to null)
+  {"op":"send_room","room":ROOM_BARE,"body":TEXT}
+      encrypts for the room (XEP-0384 §6.3): for the real bare JIDs of the owners, admins and members, present
+      or not, plus the occupants present, plus the own account (python-omemo adds it and leaves out this
+      device); their device lists (every backend) are downloaded again first; fails if an occupant's real JID
+      is hidden. Sends one groupchat message to the room with one <encrypted> element per namespace in use
+      (both when the devices need it), the EME hint, a store hint, an origin-id (also the stanza id) and a
+      fallback body. OMEMO 2 plaintexts are XEP-0420 envelopes with <to> the room and <from> the own bare JID.
+      Answers {"event":"sent_room","room":ROOM,"origin_id":ID,"recipients":[{"jid","device","namespace","kex"}]}
+      (kex: the key carries a key exchange)
   {"op":"quit"}
       disconnects; answers {"event":"bye"} and exits with status 0 (also at EOF on stdin)
   A failed request answers {"event":"error","op":OP,"error":"Class: message"}.
@@ -34,8 +51,20 @@ Events:
   {"event":"message","from":BARE,"device":ID,"namespace":NS,"body":TEXT}     a decrypted message with a body
   {"event":"rejected","from":BARE,"namespace":NS,"error":"Class: message"}    a message that failed
   {"event":"devicelist","jid":BARE,"namespace":NS,"devices":[ID,...]}        a device-list notification
+  {"event":"room_message","room":ROOM,"nick":NICK,"from":REAL_BARE,"device":ID,"namespace":NS,"body":TEXT,
+   "kex":BOOL}
+      a decrypted groupchat message of a joined room with a body: REAL_BARE is the real JID the room's
+      presences gave for NICK when the message arrived (never anything the message says); kex tells whether
+      the key for this device carried a key exchange. An OMEMO 2 envelope must name the room in <to>.
+  {"event":"reflected","room":ROOM,"origin_id":ID}
+      the room's copy of a message this device sent with send_room (own nick, own device id): not decrypted.
+      The origin-id is under "origin_id", not "id", which is the request-id echo of responses.
+  {"event":"rejected","room":ROOM,"nick":NICK,"from":REAL_BARE|null,"namespace":NS,"error":"Class: message"}
+      a groupchat message that failed (an unknown occupant, a failed decryption, a bad envelope, a message from
+      the own nick and device that this device did not send)
 
-Set XMPPCLIENT_DEBUG=1 in the environment to log slixmpp's stream traffic to stderr.
+Set XMPPCLIENT_DEBUG=1 in the environment to log slixmpp's stream traffic to stderr. Anything else written to
+sys.stdout (slixmpp 1.8.3 prints during MUC joins) goes to stderr: only emit writes to the real stdout.
 """
 
 import asyncio
@@ -59,9 +88,10 @@ import twomemo.etree
 import twomemo.twomemo
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.handler import Callback, CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
-from memstore import MemoryStorage
+sys.dont_write_bytecode = True  # no __pycache__ of memstore in the checkout
+from memstore import MemoryStorage  # noqa: E402
 
 NS2 = twomemo.twomemo.NAMESPACE  # urn:xmpp:omemo:2
 NS1 = oldmemo.oldmemo.NAMESPACE  # eu.siacs.conversations.axolotl
@@ -70,6 +100,9 @@ NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
 NS_SCE = "urn:xmpp:sce:1"
 NS_CLIENT = "jabber:client"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_SID = "urn:xmpp:sid:0"
+AFFILIATIONS = ("owner", "admin", "member")  # the affiliations that make a real JID a recipient
 
 LOG = logging.getLogger("xmppclient")
 
@@ -84,10 +117,13 @@ def bundle_node_item(ns: str, device_id: int) -> Tuple[str, str]:
     return f"eu.siacs.conversations.axolotl.bundles:{device_id}", "current"
 
 
+OUT = sys.stdout  # the protocol stream; main points sys.stdout at stderr
+
+
 def emit(obj: Dict[str, Any]) -> None:
     """Writes one JSON line to stdout (the only writer; everything runs on the event loop thread)."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    OUT.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    OUT.flush()
 
 
 def describe(e: BaseException) -> str:
@@ -107,8 +143,9 @@ def sce_envelope(body: str, frm: str, to: str) -> bytes:
     return ET.tostring(env, encoding="utf-8", xml_declaration=False)
 
 
-def sce_body(raw: bytes, sender: str, own: str) -> Optional[str]:
-    """The body of an XEP-0420 envelope; rpad is required, present from/to affixes must match."""
+def sce_body(raw: bytes, sender: str, own: str, require_to: bool = False) -> Optional[str]:
+    """The body of an XEP-0420 envelope; rpad is required, present from/to affixes must match (own is the
+    expected <to>: the own bare JID, or the room); require_to: a <to> affix is required (group chats)."""
     env = ET.fromstring(raw)
     if env.tag != f"{{{NS_SCE}}}envelope":
         raise ValueError(f"not an SCE envelope: {env.tag}")
@@ -123,6 +160,8 @@ def sce_body(raw: bytes, sender: str, own: str) -> Optional[str]:
         raise ValueError(f"SCE from affix {frm.get('jid')!r} does not match the sender {sender!r}")
     if to is not None and to.get("jid") != own:
         raise ValueError(f"SCE to affix {to.get('jid')!r} does not match {own!r}")
+    if to is None and require_to:
+        raise ValueError(f"SCE envelope without the to affix (must name {own!r})")
     body = content.find(f"{{{NS_CLIENT}}}body")
     if body is None:
         return None
@@ -143,6 +182,49 @@ def has_key_for(enc: ET.Element, ns: str, own: str, device_id: int) -> bool:
     return any(k.get("rid") == rid for k in header.findall(f"{{{ns}}}key"))
 
 
+def sender_device(enc: ET.Element, ns: str) -> Optional[int]:
+    """The sending device id (sid) of an <encrypted> element."""
+    header = enc.find(f"{{{ns}}}header")
+    try:
+        return int(header.get("sid", "")) if header is not None else None
+    except ValueError:
+        return None
+
+
+class Room:
+    """The state of a joined room: occupants with their real bare JIDs, and the affiliations."""
+
+    def __init__(self, jid: str, nick: str) -> None:
+        self.jid = jid
+        self.nick = nick
+        self.joined = False
+        self.occupants: Dict[str, Optional[str]] = {}  # nick → real bare JID (None: hidden)
+        self.affiliations: Dict[str, str] = {}  # real bare JID → owner, admin or member
+        self.sent: set = set()  # origin-ids sent and not reflected yet
+
+    def set_affiliation(self, real: str, affiliation: Optional[str]) -> None:
+        if affiliation in AFFILIATIONS:
+            self.affiliations[real] = affiliation
+        elif affiliation is not None:  # none, outcast
+            self.affiliations.pop(real, None)
+
+    def recipients(self) -> FrozenSet[str]:
+        """The real bare JIDs a message to the room is encrypted for (XEP-0384 §6.3)."""
+        hidden = sorted(n for n, j in self.occupants.items() if j is None)
+        if hidden:
+            raise RuntimeError(f"the real JIDs of occupants {hidden} of {self.jid} are hidden")
+        return frozenset(self.affiliations) | frozenset(j for j in self.occupants.values() if j)
+
+
+def muc_item(x: ET.Element) -> Tuple[Optional[str], Optional[str]]:
+    """The real bare JID and the affiliation of the first muc#user item."""
+    item = x.find(f"{{{NS_MUC_USER}}}item")
+    if item is None:
+        return None, None
+    real = item.get("jid")
+    return (slixmpp.JID(real).bare if real else None), item.get("affiliation")
+
+
 class Client(slixmpp.ClientXMPP):
     """One OMEMO device: a slixmpp client with its own SessionManager and in-memory storage."""
 
@@ -155,12 +237,21 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0060")
         self.register_plugin("xep_0115")
+        self.register_plugin("xep_0045")
         self.started = asyncio.get_event_loop().create_future()
         self.add_event_handler("session_start", self._session_start)
         # Every message stanza: slixmpp's "message" event only covers messages with a <body>, which leaves
         # out empty OMEMO messages (session completion, heartbeats) and PEP notifications.
         self.register_handler(CoroutineCallback("OMEMO messages", MatchXPath(f"{{{NS_CLIENT}}}message"),
                                                 self._message))
+        # Room presences and groupchat messages, handled at once (in stream order): a room message takes the
+        # sender's real JID from the occupants as they are when it arrives.
+        self.rooms: Dict[str, Room] = {}
+        self.register_handler(Callback("MUC occupants",
+                                       MatchXPath(f"{{{NS_CLIENT}}}presence/{{{NS_MUC_USER}}}x"),
+                                       self._room_presence))
+        self.register_handler(Callback("OMEMO room messages", MatchXPath(f"{{{NS_CLIENT}}}message"),
+                                       self._room_message_arrived))
         self.add_event_handler("disconnected", self._disconnected)
         self.storage = MemoryStorage()
         self.sm: Any = None
@@ -327,6 +418,172 @@ class Client(slixmpp.ClientXMPP):
             return [{"jid": k.bare_jid, "device": k.device_id, "namespace": m.namespace}
                     for m in messages for k, _kex in m.keys]
 
+    # -- rooms --------------------------------------------------------------------------------------------
+
+    async def join_room(self, room: str, nick: str, timeout: float) -> Room:
+        room = slixmpp.JID(room).bare
+        if room in self.rooms:
+            raise RuntimeError(f"already in {room}")
+        state = Room(room, nick)
+        self.rooms[room] = state  # before the join: its presences are tracked
+        try:
+            pres, _subject, _occupants, _history = await self["xep_0045"].join_muc_wait(
+                slixmpp.JID(room), nick, maxstanzas=0, timeout=int(timeout))
+        except BaseException:
+            del self.rooms[room]
+            raise
+        state.nick = pres["from"].resource  # the room may change the nick
+        state.joined = True
+
+        async def read(affiliation: str) -> Tuple[str, Optional[List[str]]]:
+            try:
+                jids = await self["xep_0045"].get_affiliation_list(slixmpp.JID(room), affiliation, timeout=15)
+            except IqError as e:
+                if e.condition in ("forbidden", "not-allowed", "not-authorized"):
+                    LOG.info("%s refuses its %s list: %s", room, affiliation, e.condition)
+                    return affiliation, None
+                raise
+            return affiliation, [slixmpp.JID(j).bare for j in jids]
+
+        for affiliation, jids in await asyncio.gather(*(read(a) for a in AFFILIATIONS)):
+            for j in jids or []:
+                state.affiliations[j] = affiliation
+        LOG.info("joined %s as %s: occupants %s, affiliations %s", room, state.nick, state.occupants,
+                 state.affiliations)
+        return state
+
+    def _room_presence(self, pres: slixmpp.Presence) -> None:
+        frm = pres["from"]
+        state = self.rooms.get(frm.bare)
+        x = pres.xml.find(f"{{{NS_MUC_USER}}}x")
+        if state is None or x is None or not frm.resource or pres["type"] == "error":
+            return
+        real, affiliation = muc_item(x)
+        nick = frm.resource
+        if pres["type"] == "unavailable":
+            state.occupants.pop(nick, None)
+        else:
+            state.occupants[nick] = real
+        if real is not None:
+            state.set_affiliation(real, affiliation)
+        codes = {s.get("code") for s in x.findall(f"{{{NS_MUC_USER}}}status")}
+        if "110" in codes and pres["type"] != "unavailable":
+            state.nick = nick
+
+    def _room_message_arrived(self, msg: slixmpp.Message) -> None:
+        """Runs in stream order: snapshots the sender's real JID, then decrypts in a task."""
+        if msg["type"] != "groupchat" or self.sm is None:
+            return
+        frm = msg["from"]
+        state = self.rooms.get(frm.bare)
+        if state is None:
+            return
+        if not frm.resource:
+            # The room's status messages: affiliation changes of those not present (XEP-0045 §9.3, 101).
+            x = msg.xml.find(f"{{{NS_MUC_USER}}}x")
+            if x is not None:
+                for item in x.findall(f"{{{NS_MUC_USER}}}item"):
+                    if item.get("jid"):
+                        state.set_affiliation(slixmpp.JID(item.get("jid")).bare, item.get("affiliation"))
+            return
+        if not any(msg.xml.find(f"{{{ns}}}encrypted") is not None for ns in ETREE):
+            return
+        nick = frm.resource
+        asyncio.ensure_future(self._room_message(msg, state, nick, state.occupants.get(nick)))
+
+    async def _room_message(self, msg: slixmpp.Message, state: Room, nick: str, real: Optional[str]) -> None:
+        own = self.boundjid.bare
+        room = state.jid
+        encs = [(ns, msg.xml.find(f"{{{ns}}}encrypted")) for ns in self.namespaces]
+        encs = [(ns, enc) for ns, enc in encs if enc is not None]
+        if nick == state.nick and any(sender_device(enc, ns) == self.device_id for ns, enc in encs):
+            # The room's reflection of a message of this device.
+            oid = msg.xml.find(f"{{{NS_SID}}}origin-id")
+            origin = oid.get("id") if oid is not None else msg["id"]
+            if origin in state.sent:
+                state.sent.discard(origin)
+                emit({"event": "reflected", "room": room, "origin_id": origin})
+            else:
+                emit({"event": "rejected", "room": room, "nick": nick, "from": own,
+                      "namespace": encs[0][0] if encs else "",
+                      "error": f"ForgedReflection: own nick and device, origin-id {origin!r} not sent"})
+            return
+        chosen = next(((ns, enc) for ns, enc in encs if has_key_for(enc, ns, own, self.device_id)), None)
+        if chosen is None:
+            LOG.info("OMEMO message in %s from %s without a key for this device", room, nick)
+            return
+        ns, enc = chosen
+        try:
+            if real is None:
+                raise LookupError(f"no real JID known for the occupant {nick!r} of {room}")
+            async with self.lock:
+                if ns == NS2:
+                    message = twomemo.etree.parse_message(enc, real)
+                else:
+                    message = await oldmemo.etree.parse_message(enc, real, own, self.sm)
+                kex = any(k.bare_jid == own and k.device_id == self.device_id and x is not None
+                          for k, x in message.keys)
+                plaintext, device, _ = await self.sm.decrypt(message)
+            if plaintext is None:
+                LOG.info("empty %s message in %s from %s/%d", ns, room, real, device.device_id)
+                return
+            body = sce_body(plaintext, real, room, require_to=True) if ns == NS2 else plaintext.decode("utf-8")
+        except Exception as e:
+            LOG.warning("rejected %s message in %s from %s (%s): %s", ns, room, nick, real, describe(e))
+            emit({"event": "rejected", "room": room, "nick": nick, "from": real, "namespace": ns,
+                  "error": describe(e)})
+            return
+        if body is None:
+            return
+        emit({"event": "room_message", "room": room, "nick": nick, "from": real, "device": device.device_id,
+              "namespace": ns, "body": body, "kex": kex})
+
+    async def refresh_many(self, bare_jids: FrozenSet[str]) -> None:
+        """Downloads the device lists of all bare_jids (every backend, all in parallel) into the
+        SessionManager; a list that cannot be downloaded is logged (encrypt then reports the recipient)."""
+        pairs = [(j, ns) for j in sorted(bare_jids) for ns in self.namespaces]
+        lists = await asyncio.gather(*(self.download_device_list(ns, j) for j, ns in pairs),
+                                     return_exceptions=True)
+        for (j, ns), devices in zip(pairs, lists):
+            if isinstance(devices, BaseException):
+                LOG.warning("device list %s of %s: %s", ns, j, describe(devices))
+                continue
+            await self.sm.update_device_list(ns, j, devices)
+            self.known_lists.add(j)
+
+    async def send_room(self, room: str, body: str) -> Tuple[str, List[Dict[str, Any]]]:
+        room = slixmpp.JID(room).bare
+        state = self.rooms.get(room)
+        if state is None or not state.joined:
+            raise RuntimeError(f"not in {room}")
+        async with self.lock:
+            own = self.boundjid.bare
+            recipients = state.recipients() | {own}
+            await self.refresh_many(recipients)
+            plaintexts = {NS2: sce_envelope(body, own, room), NS1: body.encode("utf-8")}
+            messages, errors = await self.sm.encrypt(
+                recipients, {ns: plaintexts[ns] for ns in self.namespaces})
+            for e in errors:
+                LOG.warning("encryption error: %s", describe(e))
+            if not messages:
+                raise RuntimeError("nothing encrypted")
+            origin = secrets.token_hex(12)
+            msg = self.make_message(mto=room, mtype="groupchat")
+            msg["id"] = origin
+            msgs = sorted(messages.keys(), key=lambda m: 0 if m.namespace == NS2 else 1)
+            for m in msgs:
+                msg.xml.append(ETREE[m.namespace].serialize_message(m))
+            ET.SubElement(msg.xml, "{urn:xmpp:eme:0}encryption", namespace=msgs[0].namespace,
+                          name="OMEMO 2" if msgs[0].namespace == NS2 else "OMEMO")
+            ET.SubElement(msg.xml, "{urn:xmpp:hints}store")
+            ET.SubElement(msg.xml, f"{{{NS_SID}}}origin-id", id=origin)
+            msg["body"] = "I sent an OMEMO encrypted message"
+            state.sent.add(origin)
+            msg.send()
+            return origin, [{"jid": k.bare_jid, "device": k.device_id, "namespace": m.namespace,
+                             "kex": kex is not None}
+                            for m in msgs for k, kex in m.keys]
+
     async def _device_list_event(self, event: ET.Element, sender: str) -> None:
         for items in event.findall(f"{{{NS_PUBSUB_EVENT}}}items"):
             for ns in self.namespaces:
@@ -440,6 +697,19 @@ async def main() -> None:
                         raise RuntimeError("not connected")
                     recipients = await asyncio.wait_for(client.send_body(req["to"], req["body"]), 30)
                     resp = {"event": "sent", "to": req["to"], "recipients": recipients}
+                elif op == "join":
+                    if client is None:
+                        raise RuntimeError("not connected")
+                    state = await asyncio.wait_for(
+                        client.join_room(req["room"], req["nick"], 20), 30)
+                    resp = {"event": "joined", "room": state.jid, "nick": state.nick,
+                            "occupants": dict(state.occupants), "affiliations": dict(state.affiliations)}
+                elif op == "send_room":
+                    if client is None:
+                        raise RuntimeError("not connected")
+                    origin, recipients = await asyncio.wait_for(client.send_room(req["room"], req["body"]), 30)
+                    resp = {"event": "sent_room", "room": slixmpp.JID(req["room"]).bare, "origin_id": origin,
+                            "recipients": recipients}
                 elif op == "devices":
                     if client is None:
                         raise RuntimeError("not connected")
@@ -464,6 +734,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout = sys.stderr  # stray prints (slixmpp's MUC join) must not corrupt the protocol stream
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("slixmpp").setLevel(logging.DEBUG if os.environ.get("XMPPCLIENT_DEBUG") else logging.WARNING)
