@@ -42,6 +42,11 @@ type Backend interface {
 	DeletePreKey(s Session) bool
 	// DeleteHiddenPreKeys deletes all hidden pre keys and returns how many.
 	DeleteHiddenPreKeys() int
+	// DeletePreKeyID deletes a visible or hidden pre key by id; it reports
+	// false if there is none.
+	DeletePreKeyID(id uint32) bool
+	// HiddenPreKeys returns the ids of the hidden pre keys.
+	HiddenPreKeys() []uint32
 	// SignedPreKeyAge is the time since the signed pre key was last rotated.
 	SignedPreKeyAge() time.Duration
 	// RotateSignedPreKey replaces the signed pre key; the previous one is kept

@@ -2,11 +2,14 @@ package session
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
+	"mellium.im/omemo/backends"
 	"mellium.im/omemo/store"
 )
 
@@ -168,6 +171,30 @@ func (m *Manager) RotateSignedPreKeys(ctx context.Context) (time.Duration, error
 		return 0, err
 	}
 	next := m.cfg.SignedPreKeyRotation
+	// Most checks find nothing to do: look before writing.
+	idle := true
+	if err := m.store.View(ctx, func(tx store.Tx) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, ns := range m.namespaces() {
+			if _, err := tx.Get(keyUploadPending(ns)); err == nil {
+				idle = false
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			left := m.cfg.SignedPreKeyRotation - m.backends[ns].SignedPreKeyAge()
+			if left < 0 {
+				idle = false
+			}
+			next = min(next, max(left, 0))
+		}
+		return nil
+	}); err != nil {
+		return 0, storageErr(err)
+	}
+	if idle {
+		return next, nil
+	}
 	var upload []string
 	err := m.update(ctx, func(tx store.Tx) error {
 		upload = upload[:0]
@@ -250,11 +277,9 @@ func (m *Manager) settleQueue(ctx context.Context) error {
 	var q []queued
 	err := m.update(ctx, func(tx store.Tx) error {
 		q = q[:0]
-		for _, be := range m.backends {
-			if be.DeleteHiddenPreKeys() > 0 {
-				if err := putKeys(tx, be); err != nil {
-					return err
-				}
+		for ns, be := range m.backends {
+			if err := deleteSyncHidden(tx, ns, be); err != nil {
+				return err
 			}
 		}
 		return tx.Scan(prefixQueue, func(key string, _ []byte) error {
@@ -277,6 +302,149 @@ func (m *Manager) settleQueue(ctx context.Context) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("omemo: sending queued empty messages: %w", errs[0])
+	}
+	return nil
+}
+
+// SweepPreKeys deletes now the used pre keys whose grace period (see
+// Config.PreKeyGrace) ended; the Manager does it by itself in the
+// background.
+func (m *Manager) SweepPreKeys(ctx context.Context) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	return m.sweepGrace(ctx)
+}
+
+// scheduleGraceSweep runs sweepGrace in the background after d.
+func (m *Manager) scheduleGraceSweep(d time.Duration) {
+	m.graceMu.Lock()
+	defer m.graceMu.Unlock()
+	if m.graceTimer != nil || m.closed.Load() {
+		return
+	}
+	m.graceTimer = time.AfterFunc(d, func() {
+		m.graceMu.Lock()
+		m.graceTimer = nil
+		m.graceMu.Unlock()
+		m.work.enqueue("grace-sweep", m.sweepGrace)
+	})
+}
+
+// sweepGrace deletes the used pre keys whose grace period ended, and
+// schedules itself for the next one.
+func (m *Manager) sweepGrace(ctx context.Context) error {
+	now := m.cfg.Now().Unix()
+	var next int64
+	// Most sweeps find nothing due: look before writing.
+	due := false
+	if err := m.store.View(ctx, func(tx store.Tx) error {
+		for _, ns := range m.namespaces() {
+			if err := tx.Scan(prefixGrace(ns), func(_ string, v []byte) error {
+				if len(v) != 8 {
+					due = true
+					return nil
+				}
+				until := int64(binary.BigEndian.Uint64(v))
+				switch {
+				case until == 0:
+				case until <= now:
+					due = true
+				case next == 0 || until < next:
+					next = until
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return storageErr(err)
+	}
+	if !due {
+		if next != 0 {
+			m.scheduleGraceSweep(time.Duration(next-now) * time.Second)
+		}
+		return nil
+	}
+	err := m.update(ctx, func(tx store.Tx) error {
+		next = 0
+		for _, ns := range m.namespaces() {
+			be := m.backends[ns]
+			prefix := prefixGrace(ns)
+			type entry struct {
+				key string
+				id  uint32
+			}
+			var due []entry
+			if err := tx.Scan(prefix, func(key string, v []byte) error {
+				id, err := strconv.ParseUint(key[len(prefix):], 10, 32)
+				if err != nil || len(v) != 8 {
+					due = append(due, entry{key, 0}) // unreadable: drop the record
+					return nil
+				}
+				until := int64(binary.BigEndian.Uint64(v))
+				switch {
+				case until == 0:
+					// Kept until the history synchronisation ends.
+				case until <= now:
+					due = append(due, entry{key, uint32(id)})
+				case next == 0 || until < next:
+					next = until
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			changed := false
+			for _, e := range due {
+				if e.id != 0 && be.DeletePreKeyID(e.id) {
+					changed = true
+				}
+				if err := tx.Delete(e.key); err != nil {
+					return err
+				}
+			}
+			if changed {
+				if err := putKeys(tx, be); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storageErr(err)
+	}
+	if next != 0 {
+		m.scheduleGraceSweep(time.Duration(next-now) * time.Second)
+	}
+	return nil
+}
+
+// deleteSyncHidden deletes the pre keys hidden by a history
+// synchronisation (or by a version without grace records); those in their
+// grace period stay.
+func deleteSyncHidden(tx store.Tx, ns string, be backends.Backend) error {
+	changed := false
+	for _, id := range be.HiddenPreKeys() {
+		raw, err := tx.Get(keyGrace(ns, id))
+		switch {
+		case err == nil && len(raw) == 8 && binary.BigEndian.Uint64(raw) != 0:
+			continue // in its grace period
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		if be.DeletePreKeyID(id) {
+			changed = true
+		}
+		if err := tx.Delete(keyGrace(ns, id)); err != nil {
+			return err
+		}
+	}
+	if changed {
+		return putKeys(tx, be)
 	}
 	return nil
 }

@@ -55,6 +55,8 @@ type Network interface {
 const (
 	DefaultSignedPreKeyRotation  = 7 * 24 * time.Hour
 	DefaultPreKeyRefillThreshold = 99
+	// DefaultPreKeyGrace is Config.PreKeyGrace when it is zero.
+	DefaultPreKeyGrace = 5 * time.Minute
 	// NumPreKeys is how many pre keys a bundle holds after a refill.
 	NumPreKeys = 100
 	// HeartbeatThreshold: an empty message is sent when a receiving chain
@@ -81,6 +83,13 @@ type Config struct {
 	// PreKeyRefillThreshold: pre keys are refilled to 100 when at most this
 	// many are left (default 99, allowed 25 to 99).
 	PreKeyRefillThreshold int
+	// PreKeyGrace is how long a pre key that a key exchange used stays
+	// (hidden from the bundle) before it is deleted, so that another
+	// peer's key exchange from the same bundle, fetched before the
+	// republished one, still works (DefaultPreKeyGrace if zero; negative:
+	// delete at once, as python-omemo does). During history
+	// synchronisation used pre keys are kept until it ends.
+	PreKeyGrace time.Duration
 	// MaxSkippedPerMessage and MaxSkippedPerSession bound skipped message
 	// keys (defaults 1000 and 1000; see backends.Options).
 	MaxSkippedPerMessage int
@@ -137,6 +146,9 @@ func (c *Config) resolve() (Config, error) {
 	}
 	if r.PreKeyRefillThreshold < 25 || r.PreKeyRefillThreshold > 99 {
 		return r, fmt.Errorf("%w: pre key refill threshold %d not in 25..99", ErrInvalidConfig, r.PreKeyRefillThreshold)
+	}
+	if r.PreKeyGrace == 0 {
+		r.PreKeyGrace = DefaultPreKeyGrace
 	}
 	if r.NetworkTimeout == 0 {
 		r.NetworkTimeout = DefaultNetworkTimeout

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -25,6 +26,9 @@ type Decrypted struct {
 	// KeyExchange reports that the message started (or repeated the start
 	// of) a session.
 	KeyExchange bool
+	// InboxSeq is the inbox entry stored with the message (see Keep), 0 if
+	// none.
+	InboxSeq uint64
 }
 
 // Decrypt decrypts a message that from (a bare JID) sent. It rejects
@@ -46,8 +50,8 @@ type Decrypted struct {
 // mode), pre keys are refilled and the bundle republished, and an empty
 // message completes the session; a heartbeat is sent when the receiving
 // chain grows past 53 messages. That follow-up work runs in the background.
-func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encrypted) (*Decrypted, error) {
-	return m.decrypt(ctx, from, msg, false)
+func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encrypted, opts ...DecryptOption) (*Decrypted, error) {
+	return m.decrypt(ctx, from, msg, false, opts)
 }
 
 // DecryptOffline is Decrypt without network work: if the sending device or
@@ -56,13 +60,17 @@ func (m *Manager) Decrypt(ctx context.Context, from string, msg *encrypted.Encry
 // bundle. A receiver that must not wait for one sender's lookup (a single
 // worker decrypting everyone's messages) calls ResolveSender for that
 // message elsewhere and tries again, while it goes on with other senders.
-func (m *Manager) DecryptOffline(ctx context.Context, from string, msg *encrypted.Encrypted) (*Decrypted, error) {
-	return m.decrypt(ctx, from, msg, true)
+func (m *Manager) DecryptOffline(ctx context.Context, from string, msg *encrypted.Encrypted, opts ...DecryptOption) (*Decrypted, error) {
+	return m.decrypt(ctx, from, msg, true, opts)
 }
 
-func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encrypted, offline bool) (*Decrypted, error) {
+func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encrypted, offline bool, opts []DecryptOption) (*Decrypted, error) {
 	if err := m.check(); err != nil {
 		return nil, err
+	}
+	var o decryptOptions
+	for _, f := range opts {
+		f(&o)
 	}
 	if msg == nil {
 		return nil, fmt.Errorf("%w: no message", backends.ErrMalformed)
@@ -117,13 +125,13 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 	}
 
 	out := &Decrypted{Namespace: ns, Sender: sender, KeyExchange: key.KeyExchange, Empty: msg.Payload == nil}
-	var usedPreKey, sendEmpty bool
+	var usedPreKey, sendEmpty, graced bool
 	sessionKey := keySession(ns, from, msg.SID)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	be = m.backends[ns]
 	err = m.updateLocked(ctx, func(tx store.Tx) error {
-		usedPreKey, sendEmpty = false, false
+		usedPreKey, sendEmpty, graced = false, false, false
 		existing, err := m.loadSession(tx, be, sessionKey)
 		if err != nil {
 			if !errors.Is(err, errUnreadableSession) {
@@ -243,12 +251,30 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		if err := m.saveSession(tx, sessionKey, s); err != nil {
 			return err
 		}
+		if err := m.applyOptions(tx, &o, out); err != nil {
+			return err
+		}
 		if usedPreKey {
-			var removed bool
-			if m.syncing.Load() {
-				removed = be.HidePreKey(s)
-			} else {
-				removed = be.DeletePreKey(s)
+			// The used pre key leaves the bundle at once but is deleted only
+			// after a grace period (or at the end of history
+			// synchronisation): a peer that fetched the bundle before our
+			// republished one reached the server may still use it, and its
+			// first message would otherwise be lost (unknown pre key).
+			removed := be.HidePreKey(s)
+			switch {
+			case !removed:
+			case m.syncing.Load():
+				// Until the end of the synchronisation.
+				if err := tx.Put(keyGrace(ns, s.KeyExchange().PreKeyID), binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+					return err
+				}
+			case m.cfg.PreKeyGrace > 0:
+				if err := tx.Put(keyGrace(ns, s.KeyExchange().PreKeyID), binary.BigEndian.AppendUint64(nil, uint64(m.cfg.Now().Add(m.cfg.PreKeyGrace).Unix()))); err != nil {
+					return err
+				}
+				graced = true
+			default:
+				be.DeletePreKey(s)
 			}
 			usedPreKey = removed
 			if removed {
@@ -277,6 +303,10 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 		return tx.Put(keyQueue(ns, from, msg.SID), nil)
 	})
 	if err != nil {
+		var ke keepError
+		if errors.As(err, &ke) {
+			return nil, ke.err
+		}
 		if isMessageError(err) {
 			return nil, err
 		}
@@ -284,6 +314,9 @@ func (m *Manager) decrypt(ctx context.Context, from string, msg *encrypted.Encry
 	}
 	if usedPreKey {
 		m.work.enqueue("bundle/"+ns, func(ctx context.Context) error { return m.uploadBundle(ctx, ns) })
+	}
+	if graced {
+		m.scheduleGraceSweep(m.cfg.PreKeyGrace)
 	}
 	if sendEmpty {
 		m.work.enqueue(keyQueue(ns, from, msg.SID), func(ctx context.Context) error {

@@ -21,6 +21,14 @@ func keyBackendKeys(ns string) string { return "omemo/ns/" + esc(ns) + "/keys" }
 
 func prefixBackend(ns string) string { return "omemo/ns/" + esc(ns) + "/" }
 
+// keyGrace records until when a used pre key is kept (hidden) for late key
+// exchanges from the same bundle (see Config.PreKeyGrace).
+func keyGrace(ns string, id uint32) string {
+	return prefixGrace(ns) + strconv.FormatUint(uint64(id), 10)
+}
+
+func prefixGrace(ns string) string { return "omemo/ns/" + esc(ns) + "/grace/" }
+
 // keyUploadPending marks a backend whose rotated signed pre key has not
 // reached the server yet (see RotateSignedPreKeys).
 func keyUploadPending(ns string) string { return "omemo/ns/" + esc(ns) + "/upload-pending" }

@@ -42,6 +42,9 @@ type Manager struct {
 	// sessionBuf is where sessions are serialised before the store copies
 	// them; it is wiped after each use (guarded by mu).
 	sessionBuf []byte
+	// acks are inbox entries acknowledged and not deleted yet (guarded by
+	// mu; inbox.go).
+	acks []uint64
 	// order holds the loaded namespaces in priority order. The slice is
 	// never modified once stored: PurgeBackend stores a new one (under mu),
 	// so that it can be read without the lock.
@@ -53,6 +56,10 @@ type Manager struct {
 	watching map[string]chan struct{}
 	watchCtx context.Context
 	watchWG  sync.WaitGroup
+
+	// graceTimer runs the next sweep of used pre keys (background.go).
+	graceMu    sync.Mutex
+	graceTimer *time.Timer
 
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
@@ -103,6 +110,7 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if !m.syncing.Load() {
 		m.work.enqueue("settle-queue", m.settleQueue)
 	}
+	m.work.enqueue("grace-sweep", m.sweepGrace)
 	go m.rotateLoop(bg)
 	return m, nil
 }
@@ -120,6 +128,11 @@ func (m *Manager) Close() error {
 		return nil
 	}
 	m.stop()
+	m.graceMu.Lock()
+	if m.graceTimer != nil {
+		m.graceTimer.Stop()
+	}
+	m.graceMu.Unlock()
 	m.work.close()
 	<-m.done
 	m.watchWG.Wait()
@@ -183,10 +196,18 @@ func (m *Manager) update(ctx context.Context, f func(tx store.Tx) error) error {
 func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) error {
 	gen := m.cache.generation()
 	var track *trackTx
+	acked := 0
 	err := m.store.Update(ctx, func(tx store.Tx) error {
 		track = &trackTx{Tx: tx}
+		var err error
+		if acked, err = m.applyAcksLocked(tx); err != nil {
+			return err
+		}
 		return f(track)
 	})
+	if err == nil && acked > 0 {
+		m.acks = slices.Delete(m.acks, 0, acked)
+	}
 	if track != nil && (track.meta || track.sessionsGone) {
 		m.cache.invalidate(track.meta, track.sessionsGone)
 	} else if err == nil && track != nil {

@@ -2,6 +2,7 @@ package backendcore
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -108,6 +109,28 @@ func (k *Keys) DeletePreKey(s backends.Session) bool {
 	done := false
 	_ = k.write(func(st *x3dh.State) error { done = st.DeletePreKey(id); return nil })
 	return done
+}
+
+// DeletePreKeyID implements backends.Backend.
+func (k *Keys) DeletePreKeyID(id uint32) bool {
+	done := false
+	_ = k.write(func(st *x3dh.State) error { done = st.DeletePreKey(id); return nil })
+	return done
+}
+
+// HiddenPreKeys implements backends.Backend.
+func (k *Keys) HiddenPreKeys() []uint32 {
+	var ids []uint32
+	_ = k.Read(func(st *x3dh.State) error {
+		for id, pk := range st.PreKeys {
+			if pk != nil && pk.Hidden {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	slices.Sort(ids)
+	return ids
 }
 
 // DeleteHiddenPreKeys implements backends.Backend.
