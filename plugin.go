@@ -17,6 +17,7 @@ import (
 	"mellium.im/omemo/internal/muxgate"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
+	"mellium.im/omemo/sce"
 	"mellium.im/omemo/session"
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/trust"
@@ -147,6 +148,12 @@ type Message struct {
 	// Reflected reports the room's copy of a message this device sent
 	// (Sent is set too; the body is the one sent): the room has it.
 	Reflected bool
+	// DeliveryID identifies the message for good: it was stored with the
+	// decryption (the durable inbox) and is handed over again, with the
+	// same DeliveryID and Redelivered set, until it was acknowledged (see
+	// Config.ManualAck). 0 for reflections, which are not stored.
+	DeliveryID  uint64
+	Redelivered bool
 	// OriginID is the XEP-0359 origin-id, if present.
 	OriginID string
 	// ArchiveID is the id of the MAM result, for archived messages.
@@ -167,6 +174,10 @@ type Message struct {
 	// or the arrival of a live message): a misconfigured clock, or an old
 	// message held back. XEP-0420 asks that the user be alerted.
 	TimeMismatch bool
+
+	// ignored are the envelope affixes the check tolerated, reported
+	// before delivery.
+	ignored []*sce.InvalidAffixError
 }
 
 // Handler receives decrypted messages.
@@ -208,9 +219,18 @@ type Config struct {
 	// Logger receives diagnostics; slog.Default() if nil.
 	Logger *slog.Logger
 	// QueueSize bounds the number of received messages waiting for
-	// decryption (DefaultQueueSize if zero). Messages beyond it are
-	// dropped and reported as ErrQueueFull.
+	// decryption in memory (DefaultQueueSize if zero). Once Start has run,
+	// messages beyond it wait in the store, in order, instead (nothing is
+	// dropped); before Start they are dropped and reported as
+	// ErrQueueFull.
 	QueueSize int
+	// ManualAck makes the application acknowledge each message with
+	// Plugin.Ack(m.DeliveryID) once it has it for good (stored it, acted
+	// on it); until then it is handed over again at every Start. Without
+	// it a message is acknowledged when HandleOMEMO returns: a crash
+	// while the handler runs hands it over again (at least once); a
+	// handler that records DeliveryIDs gets it exactly once.
+	ManualAck bool
 	// FallbackBody is the plaintext body of sent messages;
 	// DefaultFallbackBody if empty. NoFallbackBody leaves it out.
 	FallbackBody   string
@@ -328,6 +348,12 @@ type Plugin struct {
 	netSlots chan struct{}
 	netDone  chan networkDone
 
+	// spill holds the received messages beyond the queue (spill.go).
+	spill spillState
+	// ackTimer commits acknowledgements that no write carried (delivery.go).
+	ackMu    sync.Mutex
+	ackTimer *time.Timer
+
 	mu        sync.Mutex
 	refreshed map[string]bool // device lists refreshed once by Send
 	queries   map[string]bool // MAM query ids of running CatchUps
@@ -421,6 +447,7 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 		roomQueries: map[string]jid.JID{},
 		rooms:       groupchat.NewTracker(own),
 		netSlots:    make(chan struct{}, maxNetworkJobs),
+		spill:       spillState{inFlight: map[uint64]bool{}, kick: make(chan struct{}, 1)},
 		netDone:     make(chan networkDone),
 	}
 	go p.work()
@@ -613,6 +640,9 @@ func (p *Plugin) Close() error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
 	if p.mgr != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.NetworkTimeout)
+		p.closeAcks(ctx)
+		cancel()
 		return p.mgr.Close()
 	}
 	return nil

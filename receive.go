@@ -149,6 +149,12 @@ type inbound struct {
 	room    jid.JID
 	nick    string
 	ownNick bool
+	// bookkeeping is written with the decryption (the archive position).
+	bookkeeping [][2]string
+	// spillSeq is the spill entry the message came from (0: none);
+	// consumed reports that its decryption committed (and removed it).
+	spillSeq uint64
+	consumed bool
 }
 
 // kinds of received stanzas.

@@ -10,6 +10,7 @@ import (
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/devicelist"
+	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
 	"mellium.im/omemo/sce"
@@ -31,6 +32,9 @@ import (
 // maxNetworkJobs bounds the lookups running at once; further ones wait
 // for a slot (each ends within its timeout).
 const maxNetworkJobs = 16
+
+// maxParked bounds, in queue sizes, the messages waiting for lookups.
+const maxParked = 16
 
 // job is one unit of work of the receive worker.
 type job struct {
@@ -78,6 +82,9 @@ type workerState struct {
 	aside    map[string]*waiting
 	parked   int // jobs in aside
 	barriers []chan struct{}
+	// spillBlocked: a spilled message found no room aside; the spill is
+	// read again once a lookup ended.
+	spillBlocked bool
 }
 
 // enqueue hands a job to the worker without blocking.
@@ -87,16 +94,28 @@ func (p *Plugin) enqueue(j job) {
 		return
 	default:
 	}
+	started := p.Manager() != nil
+	p.spill.mu.Lock()
+	defer p.spill.mu.Unlock()
+	if j.in != nil && started && p.spill.pending > 0 {
+		// Earlier messages wait in the spill area: this one goes behind.
+		if err := p.spillLocked(j.in); err != nil {
+			p.report(&DecryptError{From: j.in.msg.From, ID: j.in.msg.ID, Err: fmt.Errorf("%w: %w", ErrQueueFull, err)})
+		}
+		return
+	}
 	select {
 	case p.queue <- j:
+		return
 	default:
-		err := ErrQueueFull
-		if j.in != nil {
-			p.report(&DecryptError{From: j.in.msg.From, ID: j.in.msg.ID, Err: err})
-			return
-		}
-		p.report(err)
 	}
+	if j.in != nil && started {
+		if err := p.spillLocked(j.in); err != nil {
+			p.report(&DecryptError{From: j.in.msg.From, ID: j.in.msg.ID, Err: fmt.Errorf("%w: %w", ErrQueueFull, err)})
+		}
+		return
+	}
+	p.reportDropped(j)
 }
 
 // handleEvent receives PEP notifications in the Serve goroutine and
@@ -120,6 +139,14 @@ func (p *Plugin) work() {
 	case <-p.closing:
 		return
 	}
+	// What was decrypted before the last stop and not acknowledged comes
+	// first, then what was spilled and not decrypted yet.
+	p.redeliver()
+	if spilled, err := p.mgr.Spilled(p.workCtx); err == nil {
+		p.spill.mu.Lock()
+		p.spill.pending += len(spilled)
+		p.spill.mu.Unlock()
+	}
 	w := &workerState{aside: map[string]*waiting{}}
 	for {
 		select {
@@ -133,8 +160,13 @@ func (p *Plugin) work() {
 			} else {
 				p.dispatch(w, j)
 			}
+		case <-p.spill.kick:
 		}
-		if len(w.aside) == 0 {
+		// Spilled messages are newer than everything in the queue.
+		if len(p.queue) == 0 && p.spillPending() && !w.spillBlocked {
+			p.drainSpill(w)
+		}
+		if len(w.aside) == 0 && !p.spillPending() {
 			for _, b := range w.barriers {
 				close(b)
 			}
@@ -147,8 +179,22 @@ func (p *Plugin) work() {
 func (p *Plugin) dispatch(w *workerState, j job) {
 	acct := j.account(p.own)
 	if q, ok := w.aside[acct]; ok {
-		if w.parked >= p.cfg.QueueSize {
-			p.reportDropped(j)
+		if w.parked >= maxParked*p.cfg.QueueSize && j.in != nil {
+			// Too much waits for lookups already: the message waits in
+			// the store instead, behind the others.
+			if j.in.spillSeq != 0 {
+				p.spill.mu.Lock()
+				delete(p.spill.inFlight, j.in.spillSeq)
+				p.spill.mu.Unlock()
+				w.spillBlocked = true
+				return
+			}
+			p.spill.mu.Lock()
+			err := p.spillLocked(j.in)
+			p.spill.mu.Unlock()
+			if err != nil {
+				p.report(&DecryptError{From: j.in.msg.From, ID: j.in.msg.ID, Err: fmt.Errorf("%w: %w", ErrQueueFull, err)})
+			}
 			return
 		}
 		q.jobs = append(q.jobs, j)
@@ -192,6 +238,9 @@ func (p *Plugin) run(w *workerState, acct string, j job, q *waiting) (parked boo
 		return true
 	case j.in != nil:
 		m, ok, lookup := p.decrypt(j.in, q)
+		if lookup == nil && j.in.spillSeq != 0 {
+			p.spillDone(j.in.spillSeq, !j.in.consumed)
+		}
 		if lookup != nil {
 			q = park(w, acct, q)
 			q.jobs = append([]job{j}, q.jobs...)
@@ -203,9 +252,7 @@ func (p *Plugin) run(w *workerState, acct string, j job, q *waiting) (parked boo
 			return true
 		}
 		if ok {
-			if h := p.currentHandler(); h != nil {
-				h.HandleOMEMO(m)
-			}
+			p.deliver(m)
 		}
 	}
 	return false
@@ -244,6 +291,7 @@ func (p *Plugin) startNetwork(d networkDone, f func(context.Context) error) {
 
 // resume runs the jobs that waited for an account's network work.
 func (p *Plugin) resume(w *workerState, d networkDone) {
+	w.spillBlocked = false
 	q := w.aside[d.account]
 	if q == nil {
 		return
@@ -331,7 +379,21 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		// Our own message, echoed back by the archive.
 		return Message{}, false, nil
 	}
-	dec, err := mgr.DecryptOffline(ctx, sender, enc)
+	var out Message
+	var buildErr error
+	keep := session.Keep(func(dec *session.Decrypted) ([]byte, error) {
+		if dec.Empty {
+			return nil, nil // key transport: consumed by the session manager
+		}
+		out, buildErr = p.buildMessage(in, enc, dec)
+		if buildErr != nil {
+			return nil, buildErr
+		}
+		return marshalDelivery(&out)
+	})
+	opts := append([]session.DecryptOption{keep, session.Also(in.bookkeeping...)}, unspillOpt(in)...)
+	dec, err := mgr.DecryptOffline(ctx, sender, enc, opts...)
+	in.consumed = err == nil
 	if errors.Is(err, session.ErrSenderUnresolved) {
 		if q != nil {
 			if lerr, tried := q.resolved[enc.SID]; tried {
@@ -342,6 +404,9 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 			}
 		}
 		return Message{}, false, &senderLookup{ns: enc.Namespace, dev: enc.SID}
+	}
+	if buildErr != nil {
+		return fail(buildErr)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -363,9 +428,23 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		return fail(err)
 	}
 	if dec.Empty {
-		// Key transport: consumed by the session manager.
 		return Message{}, false, nil
 	}
+	out.DeliveryID = dec.InboxSeq
+	// The affixes the envelope check tolerated reach OnError as warnings
+	// (never as a *DecryptError, which means rejected), before the Handler
+	// sees the message.
+	for _, bad := range out.ignored {
+		p.report(fmt.Errorf("omemo: %s message %q from %s delivered, its %s affix ignored: %w", dec.Namespace, in.msg.ID, out.From, bad.Affix, bad))
+	}
+	out.ignored = nil
+	return out, true, nil
+}
+
+// buildMessage makes the Message of a decrypted message and checks it
+// (the OMEMO 2 envelope against the stanza). It runs in the transaction
+// that commits the decryption: a message it refuses leaves no trace.
+func (p *Plugin) buildMessage(in *inbound, enc *encrypted.Encrypted, dec *session.Decrypted) (Message, error) {
 	out := Message{
 		Message:      in.msg,
 		SenderDevice: enc.SID,
@@ -393,7 +472,7 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 	case ns.OMEMO2:
 		env, err := sce.Parse(dec.Plaintext)
 		if err != nil {
-			return fail(err)
+			return Message{}, err
 		}
 		to := in.msg.To.Bare()
 		if to.Equal(jid.JID{}) {
@@ -414,21 +493,16 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 			StrictAffixes: p.cfg.RequireAffixes,
 		}
 		if err := env.Check(policy, in.sender, to); err != nil {
-			return fail(err)
+			return Message{}, err
 		}
 		if len(env.Dropped) > 0 {
 			p.cfg.Logger.Debug("omemo: dropped server-processed elements from the envelope", "id", in.msg.ID, "from", in.sender.String(), "elements", len(env.Dropped))
 		}
 		body, err := bodyOf(env.ContentTokens())
 		if err != nil {
-			return fail(err)
+			return Message{}, err
 		}
-		// The message is delivered; the affixes Check tolerated reach
-		// OnError as warnings (never as a *DecryptError, which means
-		// rejected), before the Handler sees the message.
-		for _, bad := range env.Invalid {
-			p.report(fmt.Errorf("omemo: %s message %q from %s delivered, its %s affix ignored: %w", dec.Namespace, in.msg.ID, out.From, bad.Affix, bad))
-		}
+		out.ignored = env.Invalid
 		out.Body = body
 		out.Payload = bytes.Clone(env.Content)
 		out.SentAt = env.Time // zero if absent or invalid
@@ -437,9 +511,9 @@ func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *s
 		out.Body = strings.ToValidUTF8(string(dec.Plaintext), "\uFFFD")
 		out.Payload = legacyPayload(out.Body)
 	default:
-		return fail(fmt.Errorf("%w: %s", session.ErrUnknownNamespace, dec.Namespace))
+		return Message{}, fmt.Errorf("%w: %s", session.ErrUnknownNamespace, dec.Namespace)
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // timeMismatch compares the sender's signed sending time with the one the
