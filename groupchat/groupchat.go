@@ -82,6 +82,9 @@ var (
 	// admin or member lists: only present occupants and the affiliations
 	// seen in presences are known.
 	ErrListsForbidden = errors.New("groupchat: the room refused its affiliation lists")
+	// ErrJoinRefused means that the room answered the join with an error
+	// (not a member, banned, the room is gone…).
+	ErrJoinRefused = errors.New("groupchat: the room refused to let us join")
 	// ErrMalformed reports a muc#user element that does not parse.
 	ErrMalformed = errors.New("groupchat: malformed muc#user element")
 )
@@ -302,6 +305,27 @@ func (t *Tracker) Add(room jid.JID) *Room {
 	return r
 }
 
+// Reset replaces every tracked room by a new one that is not joined, with
+// the same own nick, and returns their occupant JIDs (room@service/nick):
+// after the connection was lost the room no longer has the own occupant,
+// and what was known of the others may be stale. Join them again.
+func (t *Tracker) Reset() []jid.JID {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]jid.JID, 0, len(t.rooms))
+	for key, r := range t.rooms {
+		full, err := r.jid.WithResource(r.nick)
+		if err != nil {
+			delete(t.rooms, key)
+			continue
+		}
+		t.rooms[key] = newRoom(full)
+		out = append(out, full)
+	}
+	slices.SortFunc(out, func(a, b jid.JID) int { return compareString(a.String(), b.String()) })
+	return out
+}
+
 // Remove stops tracking a room.
 func (t *Tracker) Remove(room jid.JID) {
 	t.mu.Lock()
@@ -382,7 +406,7 @@ func (r *Room) applyPresence(p stanza.Presence, x UserX) error {
 	switch p.Type {
 	case stanza.ErrorPresence:
 		if self && !r.joined {
-			r.joinErr = fmt.Errorf("groupchat: the room refused to let us join %s", r.jid)
+			r.joinErr = fmt.Errorf("%w: %s", ErrJoinRefused, r.jid)
 			r.closeJoinedLocked()
 		}
 		return nil

@@ -125,13 +125,25 @@ func (m *Manager) Flush(ctx context.Context) error {
 	return m.work.idle(ctx)
 }
 
+// rotation is the result of a rotation check.
+type rotation struct {
+	next time.Duration
+	err  error
+}
+
 // rotateLoop rotates signed pre keys when they are due and republishes the
 // bundle, retrying failed uploads after 60 s, doubling up to an hour.
-func (m *Manager) rotateLoop(ctx context.Context) {
+//
+// The first check runs before New returns (first is its result), so that
+// a Manager's rotation state is settled when the application gets it.
+func (m *Manager) rotateLoop(ctx context.Context, first rotation) {
 	defer close(m.done)
 	retry := time.Minute
-	for {
-		next, err := m.RotateSignedPreKeys(ctx)
+	for i := 0; ; i++ {
+		next, err := first.next, first.err
+		if i > 0 {
+			next, err = m.RotateSignedPreKeys(ctx)
+		}
 		wait := next
 		if err != nil && (errors.Is(err, ErrClosed) || ctx.Err() != nil) {
 			return // closed (possibly before this first run): not a failure

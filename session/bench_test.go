@@ -670,7 +670,7 @@ func TestCommitsPerOperation(t *testing.T) {
 				// most two commits, and the sessions are as before.
 				before := sendingChains(t, alice, to)
 				c := alice.commits()
-				errDeliver := errors.New("not sent")
+				errDeliver := fmt.Errorf("refused: %w", session.ErrNotSent)
 				_, err := alice.m.Encrypt(ctx, to, pt2("lost"), func(*session.EncryptResult) error { return errDeliver })
 				if !errors.Is(err, errDeliver) {
 					t.Fatalf("Encrypt with failing delivery: %v", err)
@@ -680,6 +680,19 @@ func TestCommitsPerOperation(t *testing.T) {
 				}
 				if after := sendingChains(t, alice, to); !maps.Equal(before, after) {
 					t.Fatalf("failed delivery left the sessions advanced: %v, before %v", after, before)
+				}
+				// A delivery that failed in a way that may have let the
+				// message out (a write that broke half-way) keeps the
+				// step used: its message key must never encrypt again.
+				errMaybe := errors.New("connection reset")
+				_, err = alice.m.Encrypt(ctx, to, pt2("maybe"), func(*session.EncryptResult) error { return errMaybe })
+				if !errors.Is(err, errMaybe) {
+					t.Fatalf("Encrypt with broken delivery: %v", err)
+				}
+				for k, v := range sendingChains(t, alice, to) {
+					if v != before[k]+1 {
+						t.Fatalf("delivery that may have sent: chain of %v at %d, want %d", k, v, before[k]+1)
+					}
 				}
 			}
 

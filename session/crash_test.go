@@ -65,11 +65,12 @@ type crashWorld struct {
 
 	mu        sync.Mutex
 	bgErrs    []error
-	expected  map[string][]string // recipient -> plaintexts sent to it
-	received  map[string][]string // recipient -> plaintexts it decrypted
-	usedPKs   map[kexRef][32]byte // pre key -> ephemeral key of the session built on it
-	failedOp  []string            // operations that hit the injected failure
-	noStorage []string            // ... and did not report it as ErrStorage
+	expected  map[string][]string        // recipient -> plaintexts sent to it
+	received  map[string][]string        // recipient -> plaintexts it decrypted
+	delivered map[string]map[uint64]bool // recipient -> inbox entries handed over
+	usedPKs   map[kexRef][32]byte        // pre key -> ephemeral key of the session built on it
+	failedOp  []string                   // operations that hit the injected failure
+	noStorage []string                   // ... and did not report it as ErrStorage
 	parsers   map[string]backends.Backend
 }
 
@@ -77,7 +78,7 @@ func newCrashWorld(t testing.TB) *crashWorld {
 	w := &crashWorld{
 		t: t, ctx: context.Background(), srv: sessiontest.NewServer(), clock: newFakeClock(),
 		ps:       map[string]*crashParty{},
-		expected: map[string][]string{}, received: map[string][]string{},
+		expected: map[string][]string{}, received: map[string][]string{}, delivered: map[string]map[uint64]bool{},
 		usedPKs: map[kexRef][32]byte{}, parsers: map[string]backends.Backend{},
 	}
 	id, err := backends.GenerateIdentityKeyPair(rand.Reader)
@@ -196,7 +197,14 @@ func (w *crashWorld) receive(jid string, order func([]sessiontest.Delivered) []s
 	}
 	for i, d := range in {
 		w.do(fmt.Sprintf("%s decrypts message %d from %s", jid, i, d.From), func() error {
-			dec, err := p.m.Decrypt(w.ctx, d.From, d.Message)
+			// The plaintext goes into the durable inbox with the
+			// decryption, and is acknowledged once "handed over".
+			dec, err := p.m.Decrypt(w.ctx, d.From, d.Message, session.Keep(func(dec *session.Decrypted) ([]byte, error) {
+				if dec.Empty {
+					return nil, nil
+				}
+				return slices.Clone(dec.Plaintext), nil
+			}))
 			// A stanza carries one element per namespace in use; each
 			// device reads the one that has a key for it.
 			if errors.Is(err, session.ErrMessageNotForUs) || errors.Is(err, session.ErrUnknownNamespace) {
@@ -206,9 +214,11 @@ func (w *crashWorld) receive(jid string, order func([]sessiontest.Delivered) []s
 				return err
 			}
 			if !dec.Empty {
-				w.mu.Lock()
-				w.received[jid] = append(w.received[jid], string(dec.Plaintext))
-				w.mu.Unlock()
+				if dec.InboxSeq == 0 {
+					return fmt.Errorf("%s: message %d stored in no inbox entry", jid, i)
+				}
+				w.deliver(jid, dec.InboxSeq, string(dec.Plaintext))
+				p.m.Ack(dec.InboxSeq)
 			}
 			if dec.KeyExchange {
 				w.checkKeyExchange(p, d)
@@ -220,6 +230,22 @@ func (w *crashWorld) receive(jid string, order func([]sessiontest.Delivered) []s
 		w.t.Fatal(err)
 	}
 	w.checkBundles(p)
+}
+
+// deliver records a message handed to the application under its inbox
+// sequence number; the application drops a second delivery of a number it
+// has (after a crash before the acknowledgement was committed).
+func (w *crashWorld) deliver(jid string, seq uint64, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.delivered[jid] == nil {
+		w.delivered[jid] = map[uint64]bool{}
+	}
+	if w.delivered[jid][seq] {
+		return
+	}
+	w.delivered[jid][seq] = true
+	w.received[jid] = append(w.received[jid], text)
 }
 
 // checkKeyExchange records the pre key an accepted key exchange used and
@@ -342,15 +368,6 @@ func (w *crashWorld) script() {
 // fresh Managers on the stores go on talking in every direction.
 func (w *crashWorld) verify() {
 	w.t.Helper()
-	for jid, want := range w.expected {
-		got := slices.Clone(w.received[jid])
-		slices.Sort(got)
-		want = slices.Clone(want)
-		slices.Sort(want)
-		if !slices.Equal(got, want) {
-			w.t.Fatalf("%s received %q, want each of %q once", jid, got, want)
-		}
-	}
 	for _, p := range w.ps {
 		if n := p.fs.Ignored(); n != 0 {
 			w.t.Errorf("%s: %d transactions ignored a failed write and committed", p.jid, n)
@@ -362,7 +379,9 @@ func (w *crashWorld) verify() {
 		}
 	}
 
-	// Reopen every party from the committed state alone.
+	// Reopen every party from the committed state alone; what the inbox
+	// still holds is handed over again (the application keeps what it
+	// did not have, by sequence number).
 	for jid, p := range w.ps {
 		w.stop(jid)
 		p.fs.Heal()
@@ -370,7 +389,30 @@ func (w *crashWorld) verify() {
 	}
 	w.bgErrs = nil
 	for _, jid := range []string{alice, bob, charlie} {
-		w.start(jid)
+		p := w.start(jid)
+		entries, err := p.m.Inbox(w.ctx)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		for _, e := range entries {
+			w.deliver(jid, e.Seq, string(e.Record))
+			p.m.Ack(e.Seq)
+		}
+		if err := p.m.FlushAcks(w.ctx); err != nil {
+			w.t.Fatal(err)
+		}
+		if left, err := p.m.Inbox(w.ctx); err != nil || len(left) != 0 {
+			w.t.Fatalf("%s: inbox after acknowledging everything: %d entries, %v", jid, len(left), err)
+		}
+	}
+	for jid, want := range w.expected {
+		got := slices.Clone(w.received[jid])
+		slices.Sort(got)
+		want = slices.Clone(want)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			w.t.Fatalf("%s received %q, want each of %q once", jid, got, want)
+		}
 	}
 	all := []string{alice, bob, charlie}
 	for _, from := range all {
@@ -529,12 +571,15 @@ func killSend(ctx context.Context, srv *sessiontest.Server, from, to *session.Ma
 	}
 	var got []string
 	for _, d := range in {
-		dec, err := to.Decrypt(ctx, d.From, d.Message)
+		dec, err := to.Decrypt(ctx, d.From, d.Message, session.Keep(keepPlaintext))
 		if err != nil {
 			return fmt.Errorf("%s decrypting from %s: %w", to.JID(), d.From, err)
 		}
 		if !dec.Empty {
 			got = append(got, string(dec.Plaintext))
+			if err := killHandled.handle(to, dec.InboxSeq, string(dec.Plaintext)); err != nil {
+				return err
+			}
 		}
 	}
 	if len(got) != len(texts) {
@@ -545,6 +590,91 @@ func killSend(ctx context.Context, srv *sessiontest.Server, from, to *session.Ma
 	}
 	// Deliver the automatic answers (empty messages) as well.
 	return killDrain(ctx, srv, from)
+}
+
+// keepPlaintext stores the plaintext of a message in the inbox.
+func keepPlaintext(dec *session.Decrypted) ([]byte, error) {
+	if dec.Empty {
+		return nil, nil
+	}
+	return slices.Clone(dec.Plaintext), nil
+}
+
+// killHandled is the "application" of the kill test: it writes each
+// message it is handed durably (appended to a file, synced) unless it has
+// its inbox sequence number already, then acknowledges it. Nil outside the
+// kill test: messages are only acknowledged.
+var killHandled *handledLog
+
+// handledLog is the application's durable record of the messages it got.
+type handledLog struct {
+	f    *os.File
+	seen map[string]bool // "jid seq"
+}
+
+// openHandledLog opens (or creates) the record in dir.
+func openHandledLog(dir string) (*handledLog, error) {
+	path := filepath.Join(dir, "handled")
+	h := &handledLog{seen: map[string]bool{}}
+	if raw, err := os.ReadFile(path); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if f := strings.SplitN(l, " ", 3); len(f) == 3 {
+				h.seen[f[0]+" "+f[1]] = true
+			}
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	h.f = f
+	return h, nil
+}
+
+// handle records a message handed over and acknowledges it.
+func (h *handledLog) handle(m *session.Manager, seq uint64, text string) error {
+	if seq == 0 {
+		return fmt.Errorf("%s: %q stored in no inbox entry", m.JID(), text)
+	}
+	if h != nil {
+		key := fmt.Sprint(m.JID(), " ", seq)
+		if !h.seen[key] {
+			// A torn last line (killed mid-write) has no newline: the
+			// next line starts on its own.
+			if _, err := fmt.Fprintf(h.f, "\n%s %s\n", key, text); err != nil {
+				return err
+			}
+			if err := h.f.Sync(); err != nil {
+				return err
+			}
+			h.seen[key] = true
+		}
+		if os.Getenv(killEnv) != "" {
+			fmt.Printf("%shandled %s %s\n", killPrefix, m.JID(), text)
+		}
+	}
+	m.Ack(seq)
+	return nil
+}
+
+// redeliverInbox hands what the inboxes of ms hold over again, as an
+// application does at start.
+func redeliverInbox(ctx context.Context, ms [2]*session.Manager) error {
+	for _, m := range ms {
+		entries, err := m.Inbox(ctx)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if err := killHandled.handle(m, e.Seq, string(e.Record)); err != nil {
+				return err
+			}
+		}
+		if err := m.FlushAcks(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // killDrain decrypts the pending empty messages of m.
@@ -565,10 +695,10 @@ func killDrain(ctx context.Context, srv *sessiontest.Server, m *session.Manager)
 // anyway, the receiver recovers with a new key exchange (ReplaceSession);
 // it reports how many directions needed that, which the caller treats as
 // a failure.
-func killResync(ctx context.Context, srv *sessiontest.Server, ms [2]*session.Manager) (recovered int, err error) {
+func killResync(ctx context.Context, srv *sessiontest.Server, ms [2]*session.Manager, tag string) (recovered int, err error) {
 	for _, pair := range [][2]*session.Manager{{ms[0], ms[1]}, {ms[1], ms[0]}} {
 		from, to := pair[0], pair[1]
-		err := killSend(ctx, srv, from, to, false, "resync from "+from.JID())
+		err := killSend(ctx, srv, from, to, false, "resync from "+from.JID()+tag)
 		if !errors.Is(err, backends.ErrAuthentication) {
 			if err != nil {
 				return recovered, err
@@ -582,7 +712,7 @@ func killResync(ctx context.Context, srv *sessiontest.Server, ms [2]*session.Man
 		if err := killDrain(ctx, srv, from); err != nil {
 			return recovered, err
 		}
-		if err := killSend(ctx, srv, from, to, false, "resync again from "+from.JID()); err != nil {
+		if err := killSend(ctx, srv, from, to, false, "resync again from "+from.JID()+tag); err != nil {
 			return recovered, fmt.Errorf("after recovery: %w", err)
 		}
 	}
@@ -593,6 +723,7 @@ func killResync(ctx context.Context, srv *sessiontest.Server, ms [2]*session.Man
 // Alice's and Bob's stores and has them talk until it is killed, printing a
 // line after each step.
 func TestKillChild(t *testing.T) {
+	var err error
 	dir := os.Getenv(killEnv)
 	if dir == "" {
 		t.Skip("the child process of TestKillDuringWork")
@@ -603,12 +734,20 @@ func TestKillChild(t *testing.T) {
 	}
 	ctx := context.Background()
 	srv := sessiontest.NewServer()
+	if killHandled, err = openHandledLog(dir); err != nil {
+		fail(err)
+	}
 	ms, _, err := killPair(ctx, dir, srv, func(err error) { fail(fmt.Errorf("background: %w", err)) })
 	if err != nil {
 		fail(err)
 	}
+	if err := redeliverInbox(ctx, ms); err != nil {
+		fail(err)
+	}
 	a, b := ms[0], ms[1]
-	n, err := killResync(ctx, srv, ms)
+	// Every text is sent once, over all the children.
+	tag := fmt.Sprint(" #", time.Now().UnixNano())
+	n, err := killResync(ctx, srv, ms, tag)
 	if err != nil {
 		fail(err)
 	}
@@ -617,11 +756,11 @@ func TestKillChild(t *testing.T) {
 		var err error
 		switch i % 5 {
 		case 0, 3:
-			err = killSend(ctx, srv, a, b, false, fmt.Sprint("a", i))
+			err = killSend(ctx, srv, a, b, false, fmt.Sprint("a", i, tag))
 		case 1:
-			err = killSend(ctx, srv, b, a, i%2 == 0, fmt.Sprint("b", i), fmt.Sprint("b", i, "'"), fmt.Sprint("b", i, "''"))
+			err = killSend(ctx, srv, b, a, i%2 == 0, fmt.Sprint("b", i, tag), fmt.Sprint("b", i, "'", tag), fmt.Sprint("b", i, "''", tag))
 		case 2:
-			err = killSend(ctx, srv, a, b, true, fmt.Sprint("a", i), fmt.Sprint("a", i, "'"))
+			err = killSend(ctx, srv, a, b, true, fmt.Sprint("a", i, tag), fmt.Sprint("a", i, "'", tag))
 		case 4:
 			// A fresh key exchange: a pre key is consumed and refilled, the
 			// bundle republished.
@@ -633,7 +772,7 @@ func TestKillChild(t *testing.T) {
 				fail(err)
 			}
 			if err = killDrain(ctx, srv, to); err == nil {
-				err = killSend(ctx, srv, to, from, false, fmt.Sprint("answer", i))
+				err = killSend(ctx, srv, to, from, false, fmt.Sprint("answer", i, tag))
 			}
 		}
 		if err != nil {
@@ -658,6 +797,7 @@ func TestKillDuringWork(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	const rounds = 8
 	recoveries := 0
+	decrypted := map[string]bool{} // "jid text" the children reported handed over
 	for round := range rounds {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), killEnv+"="+dir)
@@ -697,6 +837,9 @@ func TestKillDuringWork(t *testing.T) {
 					t.Fatalf("round %d: child exited before it was killed: %v\n%s\n%s", round, cmd.Wait(), strings.Join(log, "\n"), stderr.String())
 				}
 				log = append(log, l)
+				if h, ok := strings.CutPrefix(l, killPrefix+"handled "); ok {
+					decrypted[h] = true
+				}
 				if strings.HasPrefix(l, killPrefix+"FAIL") {
 					cmd.Process.Kill()
 					cmd.Wait()
@@ -720,6 +863,9 @@ func TestKillDuringWork(t *testing.T) {
 		}
 		for l := range lines {
 			log = append(log, l)
+			if h, ok := strings.CutPrefix(l, killPrefix+"handled "); ok {
+				decrypted[h] = true
+			}
 			if strings.HasPrefix(l, killPrefix+"FAIL") {
 				t.Fatalf("round %d: %s", round, l)
 			}
@@ -728,9 +874,16 @@ func TestKillDuringWork(t *testing.T) {
 		t.Logf("round %d: killed after %d steps (-1: during start-up)", round, steps)
 	}
 
-	// The parent reopens the stores once more and checks the conversation.
+	// The parent reopens the stores once more, hands the inboxes over
+	// and checks the record: every message the children decrypted is in
+	// it, and none twice.
 	ctx := context.Background()
 	srv := sessiontest.NewServer()
+	var err error
+	if killHandled, err = openHandledLog(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { killHandled.f.Close(); killHandled = nil }()
 	ms, sts, err := killPair(ctx, dir, srv, func(err error) { t.Errorf("background: %v", err) })
 	for _, m := range ms {
 		if m != nil {
@@ -745,7 +898,11 @@ func TestKillDuringWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := killResync(ctx, srv, ms)
+	if err := redeliverInbox(ctx, ms); err != nil {
+		t.Fatal(err)
+	}
+	checkHandled(t, dir, decrypted)
+	n, err := killResync(ctx, srv, ms, " #parent")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -766,6 +923,36 @@ func TestKillDuringWork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// checkHandled checks the application's record of the kill test: every
+// message reported handed over is in it, and no message is in it twice
+// (each text is sent once).
+func checkHandled(t *testing.T, dir string, reported map[string]bool) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "handled"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		f := strings.SplitN(l, " ", 3)
+		if len(f) != 3 {
+			continue // empty, or torn by a kill before its sync
+		}
+		seen[f[0]+" "+f[2]]++
+	}
+	for m, n := range seen {
+		if n > 1 {
+			t.Errorf("%q handed to the application %d times", m, n)
+		}
+	}
+	for m := range reported {
+		if seen[m] == 0 {
+			t.Errorf("%q was handed over, then lost", m)
+		}
+	}
+	t.Logf("%d messages handed over, %d of them reported before a kill", len(seen), len(reported))
 }
 
 // TestBundleUploadRepair shows that a bundle upload that failed in the

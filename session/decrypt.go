@@ -446,7 +446,8 @@ func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint3
 		return err
 	}
 	// The advanced ratchet is committed before the message leaves, and
-	// reverted (with the queue entry) if sending fails.
+	// reverted (with the queue entry) if it was certainly not sent; if it
+	// may have left, the step stays used and the entry queued again.
 	var msg *encrypted.Encrypted
 	txErr, sendErr := m.updateThenSendLocked(ctx, func(tx store.Tx) error {
 		msg = nil
@@ -490,6 +491,15 @@ func (m *Manager) sendEmptyLocked(ctx context.Context, ns, jid string, dev uint3
 	})
 	if txErr != nil {
 		return storageErr(txErr)
+	}
+	if sendErr != nil && dequeue && msg != nil && !errors.Is(sendErr, ErrNotSent) {
+		// Perhaps sent: the ratchet step stays used, but the reply is
+		// still owed (another empty message costs nothing).
+		if err := m.updateLocked(context.WithoutCancel(ctx), func(tx store.Tx) error {
+			return tx.Put(keyQueue(ns, jid, dev), nil)
+		}); err != nil {
+			m.cfg.OnError(fmt.Errorf("omemo: keeping an owed empty message queued: %w", storageErr(err)))
+		}
 	}
 	return sendErr
 }

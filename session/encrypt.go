@@ -65,9 +65,11 @@ func AllowUnreached() EncryptOption {
 // If deliver is not nil it is called with the result while the session
 // state is held, after the new ratchet state was committed (a message must
 // never be out while the state that produced it is not stored, or its
-// message key could be used again). If deliver fails, the sessions are
-// reverted, so a message that was never handed over leaves no trace.
-// deliver must not call back into the Manager.
+// message key could be used again). If deliver fails with an error that
+// wraps ErrNotSent, the sessions are reverted, so a message that was never
+// handed over leaves no trace; after any other error of deliver (the
+// message may be out) the ratchet steps stay used, and the recipients
+// skip them. deliver must not call back into the Manager.
 func (m *Manager) Encrypt(ctx context.Context, to []string, plaintexts map[string][]byte, deliver func(*EncryptResult) error, opts ...EncryptOption) (*EncryptResult, error) {
 	if err := m.check(); err != nil {
 		return nil, err

@@ -47,6 +47,13 @@ var (
 	ErrNetwork = errors.New("omemo: network operation failed")
 	// ErrStorage wraps failures of the store.
 	ErrStorage = errors.New("omemo: storage failed")
+	// ErrNotSent is wrapped by a delivery error (of Encrypt's deliver)
+	// that is certain nothing left the process: only then is the ratchet
+	// state reverted. Any other delivery error may have let the message
+	// out (a write that failed half-way), so its ratchet step stays
+	// used: reverting would encrypt the next message with the same
+	// message key.
+	ErrNotSent = errors.New("omemo: message not sent")
 	// ErrNoEligibleDevices is matched by every *NoEligibleDevicesError.
 	ErrNoEligibleDevices = errors.New("omemo: no eligible devices")
 )

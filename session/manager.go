@@ -111,7 +111,9 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 		m.work.enqueue("settle-queue", m.settleQueue)
 	}
 	m.work.enqueue("grace-sweep", m.sweepGrace)
-	go m.rotateLoop(bg)
+	var first rotation
+	first.next, first.err = m.RotateSignedPreKeys(ctx)
+	go m.rotateLoop(bg, first)
 	return m, nil
 }
 
@@ -245,9 +247,10 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 // ratchet state that produced it is committed: if the commit failed (or the
 // process died) after the message went out, the next message would reuse
 // its message key, and the peer would drop it as a duplicate. If send
-// fails, the committed changes are reverted, so that a message that was
-// never handed over leaves no trace; should the revert fail too, the state
-// stays advanced, which only costs the peer one skipped message key.
+// fails with ErrNotSent, the committed changes are reverted, so that a
+// message that was never handed over leaves no trace; after any other
+// error, or should the revert fail too, the state stays advanced, which
+// only costs the peer one skipped message key.
 //
 // It returns the error of the transaction (nothing was sent) and the error
 // of send separately. The caller holds mu.
@@ -262,8 +265,9 @@ func (m *Manager) updateThenSendLocked(ctx context.Context, f func(tx store.Tx) 
 	}); err != nil {
 		return err, nil
 	}
-	if sendErr = send(); sendErr == nil {
-		return nil, nil
+	if sendErr = send(); sendErr == nil || !errors.Is(sendErr, ErrNotSent) {
+		// Sent, or perhaps sent: the committed state must stay.
+		return nil, sendErr
 	}
 	err := m.updateLocked(context.WithoutCancel(ctx), func(tx store.Tx) error {
 		for k, v := range undo.old {

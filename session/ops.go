@@ -244,3 +244,27 @@ func (m *Manager) ReplaceSession(ctx context.Context, jid string, dev uint32) ma
 	}
 	return out
 }
+
+// Resync checks, on a new connection to the server, what the server holds
+// for this device, as New does: each own device list must list it (it is
+// published again if not) and each bundle must be the local one (uploaded
+// again if not, for example after the server lost its data). Then the
+// empty messages still owed to key exchanges, which could not be sent
+// while disconnected, are sent in the background.
+func (m *Manager) Resync(ctx context.Context) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	for _, ns := range m.namespaces() {
+		if err := m.publishOwnDevice(ctx, ns, false); err != nil {
+			return err
+		}
+		if err := m.publishBundleIfChanged(ctx, ns); err != nil {
+			return err
+		}
+	}
+	if !m.syncing.Load() {
+		m.work.enqueue("settle-queue", m.settleQueue)
+	}
+	return nil
+}
