@@ -44,7 +44,10 @@ func TestManyMatchingChildren(t *testing.T) {
 			}
 			took := time.Since(began)
 			t.Logf("%d children, %d KiB: %v in the Serve goroutine", n, len(raw)>>10, took)
-			if took > 100*time.Millisecond*raceSlowdown {
+			// Quadratic work took 54 s here; linear work takes 25-50 ms
+			// alone, and up to 2 s under the race detector while other
+			// test packages load both cores.
+			if took > 500*time.Millisecond*raceSlowdown {
 				t.Errorf("handling took %v", took)
 			}
 			bob.wait()

@@ -38,14 +38,16 @@ var errEmptyJID = errors.New("omemo: empty recipient JID")
 // from inside an xmpp.Handler of the session (the session manager calls
 // them from the caller's goroutine or its own background worker).
 type pepNetwork struct {
-	s       *xmpp.Session
+	// session returns the current session (ErrDisconnected while there
+	// is none): the plugin moves from one session to the next.
+	session func() (*xmpp.Session, error)
 	timeout time.Duration
 }
 
-// newNetwork returns the session.Network of s; each call is bounded by
-// timeout.
-func newNetwork(s *xmpp.Session, timeout time.Duration) session.Network {
-	return pepNetwork{s: s, timeout: timeout}
+// newNetwork returns the session.Network over the sessions that current
+// returns; each call is bounded by timeout.
+func newNetwork(current func() (*xmpp.Session, error), timeout time.Duration) session.Network {
+	return pepNetwork{session: current, timeout: timeout}
 }
 
 // bounded returns the context of one network call: cancelled when ctx is,
@@ -75,22 +77,30 @@ func parseBare(s string) (jid.JID, error) {
 
 // UploadBundle implements session.Network.
 func (n pepNetwork) UploadBundle(ctx context.Context, deviceID uint32, b bundle.Bundle) error {
+	s, err := n.session()
+	if err != nil {
+		return err
+	}
 	ctx, done := bounded(ctx, n.timeout)
 	defer done()
-	return bundle.Publish(ctx, n.s, deviceID, b)
+	return bundle.Publish(ctx, s, deviceID, b)
 }
 
 // DownloadBundle implements session.Network.
 // A bundle that was never published (or may not be read) is an error that
 // matches both session.ErrBundleNotFound and pep.ErrNotFound.
 func (n pepNetwork) DownloadBundle(ctx context.Context, namespace, owner string, deviceID uint32) (bundle.Bundle, error) {
+	s, err := n.session()
+	if err != nil {
+		return bundle.Bundle{}, err
+	}
 	ctx, done := bounded(ctx, n.timeout)
 	defer done()
 	j, err := parseBare(owner)
 	if err != nil {
 		return bundle.Bundle{}, err
 	}
-	b, err := bundle.Fetch(ctx, n.s, j, namespace, deviceID)
+	b, err := bundle.Fetch(ctx, s, j, namespace, deviceID)
 	if errors.Is(err, pep.ErrNotFound) {
 		return bundle.Bundle{}, fmt.Errorf("%w: %w", session.ErrBundleNotFound, err)
 	}
@@ -99,27 +109,39 @@ func (n pepNetwork) DownloadBundle(ctx context.Context, namespace, owner string,
 
 // DeleteBundle implements session.Network.
 func (n pepNetwork) DeleteBundle(ctx context.Context, namespace string, deviceID uint32) error {
+	s, err := n.session()
+	if err != nil {
+		return err
+	}
 	ctx, done := bounded(ctx, n.timeout)
 	defer done()
-	return bundle.Delete(ctx, n.s, namespace, deviceID)
+	return bundle.Delete(ctx, s, namespace, deviceID)
 }
 
 // UploadDeviceList implements session.Network.
 func (n pepNetwork) UploadDeviceList(ctx context.Context, l devicelist.List) error {
+	s, err := n.session()
+	if err != nil {
+		return err
+	}
 	ctx, done := bounded(ctx, n.timeout)
 	defer done()
-	return devicelist.Publish(ctx, n.s, l)
+	return devicelist.Publish(ctx, s, l)
 }
 
 // DownloadDeviceList implements session.Network.
 func (n pepNetwork) DownloadDeviceList(ctx context.Context, namespace, owner string) (devicelist.List, error) {
+	s, err := n.session()
+	if err != nil {
+		return devicelist.List{}, err
+	}
 	ctx, done := bounded(ctx, n.timeout)
 	defer done()
 	j, err := parseBare(owner)
 	if err != nil {
 		return devicelist.List{}, err
 	}
-	return devicelist.Fetch(ctx, n.s, j, namespace)
+	return devicelist.Fetch(ctx, s, j, namespace)
 }
 
 // SendMessage implements session.Network: it sends
@@ -142,9 +164,13 @@ func (n pepNetwork) SendMessage(ctx context.Context, to string, msg *encrypted.E
 	}
 	toks, err := messageTokens(j, msg)
 	if err != nil {
+		return fmt.Errorf("%w: %w", session.ErrNotSent, err)
+	}
+	s, err := n.session()
+	if err != nil {
 		return err
 	}
-	return sendDetached(ctx, n.s, toks, n.timeout)
+	return sendDetached(ctx, s, toks, n.timeout)
 }
 
 // messageTokens builds the whole message stanza in memory: Session.Send
@@ -214,7 +240,7 @@ func tokenSlice(toks []xml.Token) xml.TokenReader {
 // A write that takes longer than timeout is aborted too.
 func sendDetached(ctx context.Context, s *xmpp.Session, toks []xml.Token, timeout time.Duration) error {
 	if err := ctx.Err(); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", session.ErrNotSent, err)
 	}
 	ctx, stopTimer := bounded(ctx, timeout)
 	defer stopTimer()

@@ -201,7 +201,7 @@ func TestParseBare(t *testing.T) {
 // Untrusted JIDs are rejected before the session is used (a nil session
 // would panic otherwise).
 func TestNetworkRejectsInvalidJIDs(t *testing.T) {
-	n := newNetwork(nil, time.Minute)
+	n := newNetwork(fixed(nil), time.Minute)
 	ctx := context.Background()
 	const bad = "a@b@c"
 	if _, err := n.DownloadBundle(ctx, ns.OMEMO2, bad, 1); err == nil || errors.Is(err, session.ErrBundleNotFound) {
@@ -238,7 +238,7 @@ func TestIntegrationNetwork(t *testing.T) {
 	alice := srv.Dial(t, "alice", nil)
 	bob := srv.Dial(t, "bob", nil)
 	ctx := ctxT(t)
-	an, bn := newNetwork(alice, time.Minute), newNetwork(bob, time.Minute)
+	an, bn := newNetwork(fixed(alice), time.Minute), newNetwork(fixed(bob), time.Minute)
 	aliceJID := srv.JID("alice").String()
 
 	// Nothing published: an empty list for the owner; Prosody answers a
@@ -346,7 +346,7 @@ func findEncrypted(toks []xml.Token) (*encrypted.Encrypted, error) {
 
 func newManager(t *testing.T, ctx context.Context, s *xmpp.Session, account string) *session.Manager {
 	t.Helper()
-	m, err := session.New(ctx, store.NewMemory(), newNetwork(s, time.Minute), session.Config{
+	m, err := session.New(ctx, store.NewMemory(), newNetwork(fixed(s), time.Minute), session.Config{
 		JID:         account,
 		Backends:    []backends.Factory{twomemo.Factory, oldmemo.Factory},
 		StartSynced: true,
@@ -382,11 +382,11 @@ func TestIntegrationManagers(t *testing.T) {
 
 	// Start-up published both device lists and bundles.
 	for _, namespace := range []string{ns.OMEMO2, ns.Legacy} {
-		l, err := newNetwork(aliceSess, time.Minute).DownloadDeviceList(ctx, namespace, bobJID)
+		l, err := newNetwork(fixed(aliceSess), time.Minute).DownloadDeviceList(ctx, namespace, bobJID)
 		if err != nil || len(l.Devices) != 1 || l.Devices[0].ID != bob.DeviceID() {
 			t.Fatalf("%s: bob's list as seen by alice: %+v, %v", namespace, l, err)
 		}
-		if _, err := newNetwork(aliceSess, time.Minute).DownloadBundle(ctx, namespace, bobJID, bob.DeviceID()); err != nil {
+		if _, err := newNetwork(fixed(aliceSess), time.Minute).DownloadBundle(ctx, namespace, bobJID, bob.DeviceID()); err != nil {
 			t.Fatalf("%s: bob's bundle: %v", namespace, err)
 		}
 	}
@@ -460,4 +460,9 @@ func TestIntegrationManagers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// fixed returns the session getter of a network that always uses s.
+func fixed(s *xmpp.Session) func() (*xmpp.Session, error) {
+	return func() (*xmpp.Session, error) { return s, nil }
 }

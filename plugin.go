@@ -315,8 +315,8 @@ type Config struct {
 // Applications that register a <body> handler see the fallback body of
 // OMEMO messages too and should ignore messages that carry <encrypted>.
 type Plugin struct {
-	s    *xmpp.Session
-	own  jid.JID // bare
+	conn connection // the current XMPP session (connection.go)
+	own  jid.JID    // bare
 	cfg  Config
 	net  session.Network
 	send func(ctx context.Context, toks []xml.Token) error
@@ -347,6 +347,8 @@ type Plugin struct {
 	// their ends to it (worker.go).
 	netSlots chan struct{}
 	netDone  chan networkDone
+	// reconnected wakes the worker when a new session was set up.
+	reconnected chan struct{}
 
 	// spill holds the received messages beyond the queue (spill.go).
 	spill spillState
@@ -368,17 +370,42 @@ func New(s *xmpp.Session, cfg Config) (*Plugin, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil session", session.ErrInvalidConfig)
 	}
+	p, err := NewDetached(s.LocalAddr().Bare(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Attach(s); err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// NewDetached returns the plugin of account (a bare JID) before there is a
+// session: operations that need the server fail with ErrDisconnected
+// until Attach. Package reconnect uses it, to build the mux before the
+// first connection.
+func NewDetached(account jid.JID, cfg Config) (*Plugin, error) {
 	timeout := cfg.NetworkTimeout
 	if timeout <= 0 {
 		timeout = session.DefaultNetworkTimeout
 	}
-	p, err := newPlugin(s.LocalAddr().Bare(), cfg, newNetwork(s, timeout), func(ctx context.Context, toks []xml.Token) error {
+	var p *Plugin
+	current := func() (*xmpp.Session, error) { return p.session() }
+	p, err := newPlugin(account.Bare(), cfg, newNetwork(current, timeout), func(ctx context.Context, toks []xml.Token) error {
+		s, err := p.session()
+		if err != nil {
+			return err
+		}
 		return sendDetached(ctx, s, toks, timeout)
 	})
 	if err != nil {
 		return nil, err
 	}
-	p.s = s
+	p.conn.mu.Lock()
+	p.conn.overXMPP = true
+	p.conn.detached = true
+	p.conn.mu.Unlock()
 	return p, nil
 }
 
@@ -449,6 +476,7 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 		netSlots:    make(chan struct{}, maxNetworkJobs),
 		spill:       spillState{inFlight: map[uint64]bool{}, kick: make(chan struct{}, 1)},
 		netDone:     make(chan networkDone),
+		reconnected: make(chan struct{}, 1),
 	}
 	go p.work()
 	return p, nil
@@ -536,6 +564,12 @@ func (p *Plugin) currentHandler() Handler {
 // goroutine than Serve's (it sends IQs). A Start that fails before the
 // plugin is running may be retried; an error sending the presence is
 // returned with the plugin running (Start then reports ErrStarted).
+//
+// After Attach moved the plugin to a new session, Start sets that
+// session up: carbons and presence again, the own device lists and
+// bundles checked (session.Manager.Resync), and the tracked rooms joined
+// again (a room that cannot be joined is reported to OnError). It then
+// reports ErrStarted only for a second call on the same session.
 func (p *Plugin) Start(ctx context.Context) error {
 	ctx, done := detach(ctx, p.workCtx)
 	defer done()
@@ -546,8 +580,14 @@ func (p *Plugin) Start(ctx context.Context) error {
 		return ErrClosed
 	default:
 	}
+	if err := p.connected(); err != nil {
+		return err
+	}
 	if p.started {
-		return ErrStarted
+		if !p.freshConnection() {
+			return ErrStarted
+		}
+		return p.resumeConnection(ctx)
 	}
 	mgr, err := session.New(ctx, p.cfg.Store, p.net, session.Config{
 		JID:            p.own.String(),
@@ -564,26 +604,64 @@ func (p *Plugin) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.s != nil && !p.cfg.NoCarbons {
-		cctx, cdone := bounded(ctx, p.cfg.NetworkTimeout)
-		err := carbons.Enable(cctx, p.s)
-		cdone()
-		if err != nil {
-			_ = mgr.Close()
-			return fmt.Errorf("omemo: enabling carbons: %w", err)
-		}
+	if err := p.enableCarbons(ctx); err != nil {
+		_ = mgr.Close()
+		return err
+	}
+	if err := p.initPositions(ctx); err != nil {
+		_ = mgr.Close()
+		return err
 	}
 	p.mgr = mgr
 	p.started = true
+	p.markConnectionStarted()
 	close(p.ready)
-	if p.s != nil && p.cfg.SendPresence {
-		r, err := p.CapsPresence(stanza.Presence{})
-		if err == nil {
-			err = p.sendReader(ctx, r)
-		}
-		if err != nil {
-			return fmt.Errorf("omemo: sending presence: %w", err)
-		}
+	return p.sendPresence(ctx)
+}
+
+// resumeConnection sets a new session up for a running plugin (see Start).
+func (p *Plugin) resumeConnection(ctx context.Context) error {
+	if err := p.enableCarbons(ctx); err != nil {
+		return err
+	}
+	if err := p.mgr.Resync(ctx); err != nil {
+		return fmt.Errorf("omemo: checking the own device after reconnecting: %w", err)
+	}
+	if err := p.sendPresence(ctx); err != nil {
+		return err
+	}
+	p.markConnectionStarted()
+	p.rejoinRooms(ctx)
+	return nil
+}
+
+// enableCarbons enables message carbons unless Config.NoCarbons.
+func (p *Plugin) enableCarbons(ctx context.Context) error {
+	s, err := p.session()
+	if err != nil || p.cfg.NoCarbons {
+		return nil // no XMPP (unit tests)
+	}
+	cctx, cdone := bounded(ctx, p.cfg.NetworkTimeout)
+	err = carbons.Enable(cctx, s)
+	cdone()
+	if err != nil {
+		return fmt.Errorf("omemo: enabling carbons: %w", err)
+	}
+	return nil
+}
+
+// sendPresence sends the presence with entity capabilities if
+// Config.SendPresence.
+func (p *Plugin) sendPresence(ctx context.Context) error {
+	if _, err := p.session(); err != nil || !p.cfg.SendPresence {
+		return nil
+	}
+	r, err := p.CapsPresence(stanza.Presence{})
+	if err == nil {
+		err = p.sendReader(ctx, r)
+	}
+	if err != nil {
+		return fmt.Errorf("omemo: sending presence: %w", err)
 	}
 	return nil
 }

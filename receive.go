@@ -149,7 +149,10 @@ type inbound struct {
 	room    jid.JID
 	nick    string
 	ownNick bool
-	// bookkeeping is written with the decryption (the archive position).
+	// stanzaIDs are the XEP-0359 stanza-ids (by, id) of a live message.
+	stanzaIDs [][2]string
+	// bookkeeping is written with the decryption (the archive position
+	// that a live message moves, see history.go), if the worker allows it.
 	bookkeeping [][2]string
 	// spillSeq is the spill entry the message came from (0: none);
 	// consumed reports that its decryption committed (and removed it).
@@ -303,6 +306,9 @@ func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstr
 			if in.sender.Equal(jid.JID{}) {
 				in.sender = p.own
 			}
+			if id := in.archiveIDBy(p.own); id != "" {
+				in.bookkeeping = [][2]string{{keyOwnPosition, p.positionValue(id)}}
+			}
 		}
 	case kindCarbon:
 		in, err = p.openCarbon(root)
@@ -310,6 +316,11 @@ func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstr
 		in, err = p.openArchive(root)
 	case kindGroup:
 		in, err = p.openGroup(root)
+		if err == nil && in != nil {
+			if id := in.archiveIDBy(in.room); id != "" {
+				in.bookkeeping = [][2]string{{roomPositionKey(in.room), p.positionValue(id)}}
+			}
+		}
 	}
 	if err != nil {
 		p.report(err)
@@ -370,8 +381,36 @@ func (p *Plugin) parseMessage(m *elem) (*inbound, error) {
 	if o := m.child(nsSID, "origin-id"); o != nil {
 		in.originID = o.attr("id")
 	}
+	for _, c := range m.children {
+		if c.is(nsSID, "stanza-id") && len(in.stanzaIDs) < maxStanzaIDs {
+			in.stanzaIDs = append(in.stanzaIDs, [2]string{c.attr("by"), c.attr("id")})
+		}
+	}
 	in.delay = p.serverDelay(m)
 	return in, nil
+}
+
+// maxStanzaIDs bounds the stanza-ids kept of one message (a server adds
+// one per archive that stored it).
+const maxStanzaIDs = 4
+
+// archiveID returns the id that the archive of by (a bare JID) gave the
+// message, "" unless exactly one stanza-id names it. Servers remove
+// stanza-ids that claim their own archives from what they relay
+// (XEP-0359), so only the archive itself can have added it.
+func (in *inbound) archiveIDBy(by jid.JID) string {
+	id := ""
+	for _, sid := range in.stanzaIDs {
+		j, err := jid.Parse(sid[0])
+		if err != nil || !j.Equal(by) {
+			continue
+		}
+		if id != "" || sid[1] == "" {
+			return ""
+		}
+		id = sid[1]
+	}
+	return id
 }
 
 // serverDelay returns the XEP-0203 delay stamp that the own server added

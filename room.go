@@ -2,7 +2,6 @@ package omemo
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"mellium.im/omemo/sce"
 	"mellium.im/omemo/session"
 	"mellium.im/xmlstream"
-	"mellium.im/xmpp/history"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/mux"
 	"mellium.im/xmpp/stanza"
@@ -150,10 +148,11 @@ func (h mucMessageHandler) HandleMessage(msg stanza.Message, t xmlstream.TokenRe
 		go func() {
 			ctx, done := bounded(p.workCtx, p.cfg.NetworkTimeout)
 			defer done()
-			if p.s == nil {
+			s, err := p.session()
+			if err != nil {
 				return
 			}
-			if err := p.rooms.Refresh(ctx, p.s, room); err != nil && p.workCtx.Err() == nil {
+			if err := p.rooms.Refresh(ctx, s, room); err != nil && p.workCtx.Err() == nil {
 				p.report(fmt.Errorf("omemo: reading the changed configuration of %s: %w", room, err))
 			}
 		}()
@@ -186,15 +185,66 @@ func (p *Plugin) JoinRoom(ctx context.Context, room jid.JID) (*groupchat.Room, e
 	if _, err := p.manager(); err != nil {
 		return nil, err
 	}
-	if p.s == nil {
-		return nil, errors.New("omemo: JoinRoom needs an XMPP session")
+	s, err := p.session()
+	if err != nil {
+		return nil, err
 	}
 	if room.Resourcepart() == "" {
 		return nil, fmt.Errorf("omemo: joining %s: no nick (room@service/nick)", room)
 	}
 	jctx, jdone := bounded(ctx, 2*p.cfg.NetworkTimeout)
 	defer jdone()
-	return p.rooms.Join(jctx, p.s, room, p.sendReaderCtx)
+	r, err := p.rooms.Join(jctx, s, room, p.sendReaderCtx)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.writeEpoch(ctx, roomEpochKey(room)); err != nil {
+		return r, fmt.Errorf("omemo: recording the first join of %s: %w", room.Bare(), err)
+	}
+	return r, nil
+}
+
+// maxParallelRejoins bounds the rooms joined again at once after a
+// reconnection.
+const maxParallelRejoins = 8
+
+// rejoinRooms joins the tracked rooms again on a new connection. A room
+// that refuses is no longer tracked; one that does not answer stays
+// tracked, not joined, until the next connection. Both are reported to
+// OnError.
+func (p *Plugin) rejoinRooms(ctx context.Context) {
+	s, err := p.session()
+	if err != nil {
+		return
+	}
+	slots := make(chan struct{}, maxParallelRejoins)
+	var wg sync.WaitGroup
+	for _, r := range p.rooms.Rooms() {
+		if r.Joined() {
+			continue
+		}
+		full, err := r.JID().WithResource(r.Nick())
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			jctx, jdone := bounded(ctx, 2*p.cfg.NetworkTimeout)
+			defer jdone()
+			if _, err := p.rooms.Join(jctx, s, full, p.sendReaderCtx); err != nil {
+				if errors.Is(err, groupchat.ErrJoinRefused) {
+					p.rooms.Remove(full)
+				} else {
+					p.rooms.Add(full) // Join stopped tracking it: keep it for the next connection
+				}
+				p.report(fmt.Errorf("omemo: joining %s again after reconnecting: %w", full.Bare(), err))
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // CreateRoom joins room (room@service/nick) and, if the join created it,
@@ -207,12 +257,20 @@ func (p *Plugin) CreateRoom(ctx context.Context, room jid.JID, members ...jid.JI
 	if _, err := p.manager(); err != nil {
 		return false, err
 	}
-	if p.s == nil {
-		return false, errors.New("omemo: CreateRoom needs an XMPP session")
+	s, err := p.session()
+	if err != nil {
+		return false, err
 	}
 	cctx, cdone := bounded(ctx, time.Duration(4+len(members))*p.cfg.NetworkTimeout)
 	defer cdone()
-	return p.rooms.Create(cctx, p.s, room, members, p.sendReaderCtx)
+	created, err = p.rooms.Create(cctx, s, room, members, p.sendReaderCtx)
+	if err != nil {
+		return created, err
+	}
+	if err := p.writeEpoch(ctx, roomEpochKey(room)); err != nil {
+		return created, fmt.Errorf("omemo: recording the first join of %s: %w", room.Bare(), err)
+	}
+	return created, nil
 }
 
 // TrackRoom starts tracking a room the application joins itself (with
@@ -227,12 +285,13 @@ func (p *Plugin) TrackRoom(room jid.JID) *groupchat.Room {
 func (p *Plugin) RefreshRoom(ctx context.Context, room jid.JID) error {
 	ctx, done := detach(ctx, p.workCtx)
 	defer done()
-	if p.s == nil {
-		return errors.New("omemo: RefreshRoom needs an XMPP session")
+	s, err := p.session()
+	if err != nil {
+		return err
 	}
 	rctx, rdone := bounded(ctx, p.cfg.NetworkTimeout)
 	defer rdone()
-	return p.rooms.Refresh(rctx, p.s, room)
+	return p.rooms.Refresh(rctx, s, room)
 }
 
 // Room returns a tracked room's state.
@@ -287,6 +346,9 @@ func (p *Plugin) SendGroup(ctx context.Context, room jid.JID, body string, opts 
 	if err != nil {
 		return nil, err
 	}
+	if err := p.connected(); err != nil {
+		return nil, err
+	}
 	r, ok := p.rooms.Room(room)
 	if !ok || !r.Joined() {
 		return nil, fmt.Errorf("%w: %s", ErrRoomNotJoined, room.Bare())
@@ -315,7 +377,7 @@ func (p *Plugin) SendGroup(ctx context.Context, room jid.JID, body string, opts 
 	res, err := mgr.Encrypt(ctx, to, plaintexts, func(res *session.EncryptResult) error {
 		toks, err := outgoingTokensOfType(roomJID, stanza.GroupChatMessage, o.id, res.Messages, o.fallback)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", session.ErrNotSent, err)
 		}
 		return p.send(ctx, toks)
 	}, eopts...)
@@ -394,55 +456,40 @@ func (p *Plugin) takeReflection(room jid.JID, id string) (string, bool) {
 }
 
 // CatchUpRoom reads a tracked room's archive (XEP-0313 on the room's JID)
-// from since on and hands every OMEMO message in it to the Handler with
-// Archived and Room set, decrypted with the real JID the archive names
-// (non-anonymous rooms add it), or the room state gives. Messages already
-// received are skipped, as are the own ones.
-func (p *Plugin) CatchUpRoom(ctx context.Context, room jid.JID, since time.Time) error {
+// and hands every OMEMO message in it to the Handler with Archived and Room
+// set, decrypted with the real JID the archive names (non-anonymous rooms
+// add it), or the room state gives. Messages already received are skipped,
+// as are the own ones.
+//
+// Without since it continues from the room's stored archive position (or
+// from when the room was first joined); with since it reads from that
+// time on. CatchUp does this for every joined room.
+func (p *Plugin) CatchUpRoom(ctx context.Context, room jid.JID, since ...time.Time) error {
+	if len(since) > 1 {
+		return errors.New("omemo: CatchUpRoom takes at most one time")
+	}
 	ctx, done := detach(ctx, p.workCtx)
 	defer done()
-	mgr, err := p.manager()
-	if err != nil {
+	if _, err := p.manager(); err != nil {
 		return err
 	}
-	if p.s == nil {
-		return errors.New("omemo: CatchUpRoom needs an XMPP session")
+	s, err := p.session()
+	if err != nil {
+		return err
 	}
 	roomJID := room.Bare()
 	if _, ok := p.rooms.Room(roomJID); !ok {
 		return fmt.Errorf("%w: %s", ErrRoomNotJoined, roomJID)
 	}
-	_ = mgr
-	queryID := rand.Text()
-	p.mu.Lock()
-	p.queries[queryID] = true
-	p.roomQueries[queryID] = roomJID
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.queries, queryID)
-		delete(p.roomQueries, queryID)
-		p.mu.Unlock()
-	}()
-	limit := uint64(50)
-	if half := uint64(p.cfg.QueueSize / 2); half < limit {
-		limit = max(half, 1)
+	gen := p.connGen()
+	if len(since) == 1 {
+		err = p.readArchive(ctx, s, roomJID, since[0], "", roomPositionKey(roomJID))
+	} else {
+		err = p.continueArchive(ctx, s, roomJID, roomPositionKey(roomJID), roomEpochKey(roomJID))
 	}
-	page := ""
-	for {
-		q := history.Query{ID: queryID, Start: since, Limit: limit, PageID: page}
-		qctx, qdone := bounded(ctx, p.cfg.NetworkTimeout)
-		res, err := history.Fetch(qctx, q, roomJID, p.s)
-		qdone()
-		if err != nil {
-			return fmt.Errorf("omemo: fetching the archive of %s: %w", roomJID, err)
-		}
-		if err := p.barrier(ctx); err != nil {
-			return err
-		}
-		if res.Complete || res.Set.Last == "" || res.Set.Last == page {
-			return nil
-		}
-		page = res.Set.Last
+	if err != nil {
+		return err
 	}
+	p.setCaughtUp(gen, roomJID)
+	return nil
 }

@@ -96,6 +96,9 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 	if err != nil {
 		return nil, err
 	}
+	if err := p.connected(); err != nil {
+		return nil, err
+	}
 	bare := to.Bare()
 	if bare.Localpart() == "" && bare.Domainpart() == "" {
 		return nil, errEmptyJID
@@ -109,7 +112,7 @@ func (p *Plugin) Send(ctx context.Context, to jid.JID, body string, opts ...Send
 	res, err := mgr.Encrypt(ctx, []string{bare.String()}, plaintexts, func(r *session.EncryptResult) error {
 		toks, err := outgoingTokens(to, o.id, r.Messages, o.fallback)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", session.ErrNotSent, err)
 		}
 		return p.send(ctx, toks)
 	})

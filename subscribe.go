@@ -23,8 +23,9 @@ func (p *Plugin) Subscribe(ctx context.Context, contact jid.JID) error {
 	if err != nil {
 		return err
 	}
-	if p.s == nil {
-		return fmt.Errorf("omemo: subscribe: no XMPP session")
+	s, err := p.session()
+	if err != nil {
+		return fmt.Errorf("omemo: subscribe: %w", err)
 	}
 	ctx, done := detach(ctx, p.workCtx)
 	defer done()
@@ -32,7 +33,7 @@ func (p *Plugin) Subscribe(ctx context.Context, contact jid.JID) error {
 	var errs []error
 	for _, ns := range mgr.Namespaces() {
 		sctx, sdone := bounded(ctx, p.cfg.NetworkTimeout)
-		err := pep.Subscribe(sctx, p.s, bare, devicelist.Node(ns))
+		err := pep.Subscribe(sctx, s, bare, devicelist.Node(ns))
 		sdone()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("omemo: subscribing to the %s device list of %s: %w", ns, bare, err))

@@ -71,10 +71,13 @@ type waiting struct {
 // networkDone reports the end of an account's network work to the worker.
 type networkDone struct {
 	account string
-	// lookup is set for a sender lookup of device dev.
+	// lookup is set for a sender lookup of device dev of namespace ns.
 	lookup bool
+	ns     string
 	dev    uint32
 	err    error
+	// gen is the connection the work ran on.
+	gen uint64
 }
 
 // workerState is the worker goroutine's own state.
@@ -85,6 +88,10 @@ type workerState struct {
 	// spillBlocked: a spilled message found no room aside; the spill is
 	// read again once a lookup ended.
 	spillBlocked bool
+	// offline holds the lookups that failed because the connection was
+	// lost: their accounts' messages stay aside until the next
+	// connection, when the lookups run again.
+	offline map[string]networkDone
 }
 
 // enqueue hands a job to the worker without blocking.
@@ -147,11 +154,16 @@ func (p *Plugin) work() {
 		p.spill.pending += len(spilled)
 		p.spill.mu.Unlock()
 	}
-	w := &workerState{aside: map[string]*waiting{}}
+	w := &workerState{aside: map[string]*waiting{}, offline: map[string]networkDone{}}
 	for {
 		select {
 		case <-p.closing:
 			return
+		case <-p.reconnected:
+			for acct, d := range w.offline {
+				delete(w.offline, acct)
+				p.startLookup(d)
+			}
 		case d := <-p.netDone:
 			p.resume(w, d)
 		case j := <-p.queue:
@@ -237,6 +249,12 @@ func (p *Plugin) run(w *workerState, acct string, j job, q *waiting) (parked boo
 		})
 		return true
 	case j.in != nil:
+		if len(j.in.bookkeeping) > 0 && (w.parked > 0 || !p.caughtUp(j.in.room)) {
+			// An earlier message waits for the network, or the archive
+			// was not read up to now on this connection: the position
+			// must not move past what was not handled (history.go).
+			j.in.bookkeeping = nil
+		}
 		m, ok, lookup := p.decrypt(j.in, q)
 		if lookup == nil && j.in.spillSeq != 0 {
 			p.spillDone(j.in.spillSeq, !j.in.consumed)
@@ -245,10 +263,7 @@ func (p *Plugin) run(w *workerState, acct string, j job, q *waiting) (parked boo
 			q = park(w, acct, q)
 			q.jobs = append([]job{j}, q.jobs...)
 			w.parked++
-			mgr := p.mgr
-			p.startNetwork(networkDone{account: acct, lookup: true, dev: lookup.dev}, func(ctx context.Context) error {
-				return mgr.ResolveSender(ctx, lookup.ns, acct, lookup.dev)
-			})
+			p.startLookup(networkDone{account: acct, lookup: true, ns: lookup.ns, dev: lookup.dev})
 			return true
 		}
 		if ok {
@@ -267,9 +282,18 @@ func park(w *workerState, acct string, q *waiting) *waiting {
 	return q
 }
 
+// startLookup looks up the sender device of d.
+func (p *Plugin) startLookup(d networkDone) {
+	mgr := p.mgr
+	p.startNetwork(d, func(ctx context.Context) error {
+		return mgr.ResolveSender(ctx, d.ns, d.account, d.dev)
+	})
+}
+
 // startNetwork runs f in a goroutine of its own, bounded by the network
 // timeout, and reports its end to the worker.
 func (p *Plugin) startNetwork(d networkDone, f func(context.Context) error) {
+	d.gen = p.connGen()
 	go func() {
 		select {
 		case p.netSlots <- struct{}{}:
@@ -294,6 +318,17 @@ func (p *Plugin) resume(w *workerState, d networkDone) {
 	w.spillBlocked = false
 	q := w.aside[d.account]
 	if q == nil {
+		return
+	}
+	if d.lookup && d.err != nil && p.workCtx.Err() == nil &&
+		(errors.Is(d.err, ErrDisconnected) || d.gen != p.connGen() || p.connected() != nil) {
+		// The connection was lost: nothing is known about the sender.
+		// The account's messages wait for the next connection.
+		w.offline[d.account] = networkDone{account: d.account, lookup: true, ns: d.ns, dev: d.dev}
+		if p.connected() == nil && d.gen != p.connGen() {
+			// Connected again already.
+			p.kickReconnected()
+		}
 		return
 	}
 	if d.lookup {
