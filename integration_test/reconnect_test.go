@@ -4,15 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"mellium.im/omemo"
 	"mellium.im/omemo/internal/prosodytest"
 	"mellium.im/omemo/reconnect"
+	"mellium.im/omemo/session"
 	"mellium.im/omemo/store"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/mux"
@@ -257,4 +262,91 @@ func TestIntegrationReconnect(t *testing.T) {
 	if errs := bob.decryptErrors(); len(errs) > 0 {
 		t.Errorf("bob: %v", errs)
 	}
+}
+
+// The server goes away while a peer keeps sending (it reconnects too, and
+// sends again what failed with ErrDisconnected): stopped cleanly, or killed
+// (connections break without a closing stream), then started again on the
+// same data. The listener reconnects and gets every message exactly once,
+// and both still talk afterwards.
+func TestIntegrationReconnectServerRestart(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		name := "stop"
+		if kill {
+			name = "kill"
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := prosodytest.Start(t, prosodytest.User{Name: "alice", Contacts: []string{"bob"}}, prosodytest.User{Name: "bob"})
+			alice := startRoamer(t, srv, "alice", store.NewMemory())
+			bob := startRoamer(t, srv, "bob", store.NewMemory())
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			const n = 60
+			ids := make([]string, n)
+			sent := make(chan error, 1)
+			go func() {
+				for i := range n {
+					body := fmt.Sprint("msg ", i)
+					for {
+						res, err := bob.p.Send(ctx, srv.JID("alice"), body)
+						if err == nil {
+							ids[i] = res.ID
+							break
+						}
+						if !errors.Is(err, omemo.ErrDisconnected) && !errors.Is(err, session.ErrNetwork) && !isConnError(err) {
+							sent <- fmt.Errorf("send %d: %w", i, err)
+							return
+						}
+						if ctx.Err() != nil {
+							sent <- ctx.Err()
+							return
+						}
+						time.Sleep(100 * time.Millisecond)
+					}
+					time.Sleep(30 * time.Millisecond)
+				}
+				sent <- nil
+			}()
+			time.Sleep(500 * time.Millisecond)
+			if kill {
+				srv.Kill(t)
+			} else {
+				srv.Stop(t)
+			}
+			alice.waitEvent(false, 15*time.Second)
+			time.Sleep(time.Second)
+			srv.Restart(t)
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			// Without stream management (XEP-0198, which mellium lacks) a
+			// message written just before the server went away can die
+			// in transit, unknown to both clients. What the server
+			// accepted is in alice's archive: all of that must arrive.
+			var want, lost []string
+			for i, id := range ids {
+				if srv.Archived(t, "alice", id) {
+					want = append(want, fmt.Sprint("msg ", i))
+				} else {
+					lost = append(lost, fmt.Sprint("msg ", i))
+				}
+			}
+			t.Logf("%d messages accepted by the server, lost in transit: %q", len(want), lost)
+			if len(lost) > 3 {
+				t.Errorf("%d messages lost in transit", len(lost))
+			}
+			collect(t, alice.msgs, want, 60*time.Second)
+			if _, err := alice.p.Send(ctx, srv.JID("bob"), "still here"); err != nil {
+				t.Fatal(err)
+			}
+			collect(t, bob.msgs, []string{"still here"}, 20*time.Second)
+		})
+	}
+}
+
+// isConnError reports a send that failed on a connection that broke under
+// it (the plugin has not noticed the end of the session yet).
+func isConnError(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
 }

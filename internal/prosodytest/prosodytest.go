@@ -48,6 +48,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -118,8 +120,13 @@ type Server struct {
 	// StartWithUpload; "" otherwise.
 	UploadURL string
 
-	users map[string]User
-	cfg   string
+	users     map[string]User
+	cfg       string
+	httpPorts []int
+
+	procMu sync.Mutex
+	cmd    *exec.Cmd     // the running Prosody, nil when stopped
+	exited chan struct{} // closed when cmd exited
 }
 
 var validName = regexp.MustCompile(`^[a-z0-9]+$`)
@@ -230,48 +237,98 @@ func start(t testing.TB, websocket, upload bool, users []User) *Server {
 		t.Fatalf("prosodytest: %v", err)
 	}
 
-	cmd := exec.Command(Prosody, "--config", srv.cfg, "-F")
-	cmd.Dir = dir
+	srv.httpPorts = []int{httpPort, httpsPort}
+	if err := srv.launch(); err != nil {
+		t.Fatalf("prosodytest: %v", err)
+	}
+	t.Cleanup(func() {
+		srv.stop(syscall.SIGTERM, 500*time.Millisecond)
+		if t.Failed() {
+			srv.logTail(t)
+		}
+	})
+	return srv
+}
+
+// launch starts the Prosody process and waits until it listens.
+func (s *Server) launch() error {
+	cmd := exec.Command(Prosody, "--config", s.cfg, "-F")
+	cmd.Dir = s.Dir
 	var console bytes.Buffer
 	cmd.Stdout = &console
 	cmd.Stderr = &console
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("prosodytest: start prosody: %v", err)
+		return fmt.Errorf("start prosody: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		close(exited)
 	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(500 * time.Millisecond):
-			// Prosody's graceful shutdown can wait for a network-loop
-			// tick of up to a second; the data is thrown away anyway.
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			srv.logTail(t)
-		}
-	})
-
-	if err := waitListening(srv.Addr, 10*time.Second, exited); err != nil {
-		t.Fatalf("prosodytest: prosody: %v\n%s", err, console.String())
+	s.procMu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.procMu.Unlock()
+	if err := waitListening(s.Addr, 10*time.Second, exited); err != nil {
+		return fmt.Errorf("prosody: %w\n%s", err, console.String())
 	}
-	for _, p := range []int{httpPort, httpsPort} {
+	for _, p := range s.httpPorts {
 		if p == 0 {
 			continue
 		}
 		// The HTTP listener opens with the c2s one; wait for it too.
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 		if err := waitListening(addr, 5*time.Second, exited); err != nil {
-			t.Fatalf("prosodytest: prosody http: %v\n%s", err, console.String())
+			return fmt.Errorf("prosody http: %w\n%s", err, console.String())
 		}
 	}
-	return srv
+	return nil
+}
+
+// stop sends sig to the running Prosody and waits up to grace for it to
+// exit, then kills it. It does nothing when Prosody is not running.
+func (s *Server) stop(sig os.Signal, grace time.Duration) {
+	s.procMu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd, s.exited = nil, nil
+	s.procMu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(grace):
+		// Prosody's graceful shutdown can wait for a network-loop
+		// tick of up to a second.
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// Stop stops Prosody gracefully (SIGTERM: it closes every stream with a
+// system-shutdown error), keeping its data (accounts, offline messages,
+// archives, PEP nodes) for Restart.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	s.stop(syscall.SIGTERM, 5*time.Second)
+}
+
+// Kill stops Prosody with SIGKILL: the connections break without a closing
+// stream. Its data stays for Restart (what it had not written is lost, as
+// in a real crash).
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	s.stop(syscall.SIGKILL, 5*time.Second)
+}
+
+// Restart starts Prosody again after Stop or Kill, on the same ports and
+// data, and returns once it listens.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.stop(syscall.SIGTERM, 5*time.Second)
+	if err := s.launch(); err != nil {
+		t.Fatalf("prosodytest: restart: %v", err)
+	}
 }
 
 // newServer validates the users, writes the certificate into dir and picks
@@ -629,4 +686,30 @@ func writeCert(dir, host string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, host+".key"), k, 0o600)
+}
+
+// Archived reports whether the message archive (XEP-0313) of the named
+// user holds a message with the stanza id id, reading Prosody's storage
+// files: the ground truth of what the server accepted, whatever its
+// clients saw.
+func (s *Server) Archived(t testing.TB, name, id string) bool {
+	t.Helper()
+	dir := filepath.Join(s.Dir, "data", strings.ReplaceAll(url.PathEscape(s.Domain), ".", "%2e"), "archive")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("prosodytest: archive of %s: %v", name, err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), name+".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatalf("prosodytest: archive of %s: %v", name, err)
+		}
+		if bytes.Contains(b, []byte(`"`+id+`"`)) || bytes.Contains(b, []byte(`'`+id+`'`)) {
+			return true
+		}
+	}
+	return false
 }
