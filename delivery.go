@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"mellium.im/omemo/media"
 	"time"
 
 	"mellium.im/omemo/trust"
@@ -90,6 +91,9 @@ func unmarshalDelivery(raw []byte) (Message, error) {
 // deliver hands a message to the Handler and, unless the application
 // acknowledges itself, acknowledges it when the Handler returns.
 func (p *Plugin) deliver(m Message) {
+	if l, err := media.ParseBody(m.Body); err == nil {
+		m.File = l
+	}
 	h := p.currentHandler()
 	if h != nil {
 		h.HandleOMEMO(m)

@@ -15,6 +15,7 @@ import (
 	"mellium.im/omemo/backends/twomemo"
 	"mellium.im/omemo/groupchat"
 	"mellium.im/omemo/internal/muxgate"
+	"mellium.im/omemo/media"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/pep"
 	"mellium.im/omemo/sce"
@@ -110,6 +111,12 @@ type Message struct {
 	stanza.Message
 	// Body is the text of the decrypted <body>, "" if there was none.
 	Body string
+	// File is set when Body is exactly an encrypted file's link (XEP-0454
+	// aesgcm://, which every OMEMO client sends for files and pictures):
+	// media.Download fetches, decrypts and verifies it. It carries the
+	// file's key (as Body does): call File.Wipe when done. It prints
+	// redacted.
+	File *media.Link
 	// Payload is the decrypted inner XML: the SCE <content> children of
 	// an OMEMO 2 message (every top-level element declares its namespace;
 	// server-processed elements such as hints or stanza-id are removed, see
