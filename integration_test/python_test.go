@@ -50,6 +50,8 @@ type pyEvent struct {
 	Namespace  string          `json:"namespace"`
 	Body       string          `json:"body"`
 	Devices    json.RawMessage `json:"devices"`
+	Size       int64           `json:"size"`
+	SHA256     string          `json:"sha256"`
 
 	raw string // the line as received
 }

@@ -17,7 +17,7 @@ export PATH="/usr/local/go/bin:$HOME/go/bin:$PATH"
 FUZZTIME="${FUZZTIME:-8s}"
 
 debs=(python3-omemo python3-twomemo python3-oldmemo python3-x3dh
-      python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp
+      python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp python3-cryptography
       protobuf-compiler prosody ejabberd chromium)
 # Node.js and npm for the converse.js test: Debian's, unless the machine has
 # its own.

@@ -43,6 +43,15 @@ Requests:
       fallback body. OMEMO 2 plaintexts are XEP-0420 envelopes with <to> the room and <from> the own bare JID.
       Answers {"event":"sent_room","room":ROOM,"origin_id":ID,"recipients":[{"jid","device","namespace","kex"}]}
       (kex: the key carries a key exchange)
+  {"op":"send_file","to":BARE,"path":FILE,"service":UPLOAD_JID,"cafile":PEM}
+      shares FILE encrypted as XEP-0454 says, written from the XEP with cryptography's AESGCM (a fresh 32-byte
+      key and 12-byte IV, the 16-byte tag appended): requests an XEP-0363 slot from UPLOAD_JID, PUTs the
+      ciphertext over HTTPS (verified against the certificate in PEM) with the slot's headers, then sends
+      aesgcm://HOST/PATH#hex(IV||key) as the body of an OMEMO message to BARE (as "send" does); answers
+      {"event":"sent_file","to":BARE,"size":N,"sha256":HEX}
+  {"op":"download","url":AESGCM_URL,"path":FILE,"cafile":PEM}
+      fetches the https URL the aesgcm one stands for, decrypts and authenticates it (IV of 12 or 16 bytes),
+      writes FILE; answers {"event":"downloaded","size":N,"sha256":HEX}
   {"op":"quit"}
       disconnects; answers {"event":"bye"} and exits with status 0 (also at EOF on stdin)
   A failed request answers {"event":"error","op":OP,"error":"Class: message"}.
@@ -69,12 +78,15 @@ sys.stdout (slixmpp 1.8.3 prints during MUC joins) goes to stderr: only emit wri
 
 import asyncio
 import datetime
+import hashlib
 import json
 import logging
 import os
 import secrets
 import ssl
 import sys
+import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
@@ -92,6 +104,7 @@ from slixmpp.xmlstream.handler import Callback, CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 sys.dont_write_bytecode = True  # no __pycache__ of memstore in the checkout
 from memstore import MemoryStorage  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 NS2 = twomemo.twomemo.NAMESPACE  # urn:xmpp:omemo:2
 NS1 = oldmemo.oldmemo.NAMESPACE  # eu.siacs.conversations.axolotl
@@ -102,6 +115,7 @@ NS_SCE = "urn:xmpp:sce:1"
 NS_CLIENT = "jabber:client"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_SID = "urn:xmpp:sid:0"
+NS_UPLOAD = "urn:xmpp:http:upload:0"
 AFFILIATIONS = ("owner", "admin", "member")  # the affiliations that make a real JID a recipient
 
 LOG = logging.getLogger("xmppclient")
@@ -643,6 +657,57 @@ class Client(slixmpp.ClientXMPP):
         emit({"event": "message", "from": sender, "device": device.device_id, "namespace": ns, "body": body})
 
 
+def https_request(method: str, url: str, cafile: str, data: Optional[bytes] = None,
+                  headers: Optional[Dict[str, str]] = None) -> bytes:
+    """One HTTPS request, verified against cafile (blocking: run it in a thread)."""
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise ValueError("not an https URL")
+    ctx = ssl.create_default_context(cafile=cafile)
+    r = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(r, context=ctx, timeout=30) as resp:
+        return resp.read()
+
+
+async def send_file(client: "Client", req: Dict[str, Any]) -> Dict[str, Any]:
+    """XEP-0454: encrypt, upload (XEP-0363), send the aesgcm link."""
+    with open(req["path"], "rb") as f:
+        data = f.read()
+    name = os.path.basename(req["path"])
+    key, iv = secrets.token_bytes(32), secrets.token_bytes(12)
+    sealed = AESGCM(key).encrypt(iv, data, None)  # ciphertext || 16-byte tag
+    iq = client.Iq()
+    iq["type"] = "get"
+    iq["to"] = req["service"]
+    iq.append(ET.Element(f"{{{NS_UPLOAD}}}request",
+                         {"filename": name, "size": str(len(sealed)), "content-type": "application/octet-stream"}))
+    answer = await iq.send(timeout=20)
+    slot = answer.xml.find(f"{{{NS_UPLOAD}}}slot")
+    put = slot.find(f"{{{NS_UPLOAD}}}put")
+    get = slot.find(f"{{{NS_UPLOAD}}}get").get("url")
+    headers = {h.get("name"): (h.text or "") for h in put.findall(f"{{{NS_UPLOAD}}}header")
+               if h.get("name") in ("Authorization", "Cookie", "Expires")}
+    headers["Content-Type"] = "application/octet-stream"
+    await asyncio.to_thread(https_request, "PUT", put.get("url"), req["cafile"], sealed, headers)
+    if not get.startswith("https://"):
+        raise ValueError("slot GET URL is not https")
+    link = "aesgcm://" + get[len("https://"):] + "#" + (iv + key).hex()
+    await client.send_body(req["to"], link)
+    return {"event": "sent_file", "to": req["to"], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+async def download(req: Dict[str, Any]) -> Dict[str, Any]:
+    url, _, fragment = str(req["url"]).partition("#")
+    if not url.startswith("aesgcm://") or len(fragment) not in (88, 96):
+        raise ValueError("not an aesgcm link")
+    secret = bytes.fromhex(fragment)
+    iv, key = secret[:-32], secret[-32:]
+    sealed = await asyncio.to_thread(https_request, "GET", "https://" + url[len("aesgcm://"):], req["cafile"])
+    data = AESGCM(key).decrypt(iv, sealed, None)
+    with open(req["path"], "wb") as f:
+        f.write(data)
+    return {"event": "downloaded", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 async def do_connect(req: Dict[str, Any]) -> Tuple[Client, Dict[str, Any]]:
     namespaces = list(req.get("backends") or [NS2, NS1])
     if not namespaces or any(ns not in ETREE for ns in namespaces) or len(set(namespaces)) != len(namespaces):
@@ -716,6 +781,12 @@ async def main() -> None:
                     async with client.lock:
                         devices = await asyncio.wait_for(client.refresh(req["jid"]), 30)
                     resp = {"event": "devices", "jid": req["jid"], "devices": devices}
+                elif op == "send_file":
+                    if client is None:
+                        raise RuntimeError("not connected")
+                    resp = await asyncio.wait_for(send_file(client, req), 60)
+                elif op == "download":
+                    resp = await asyncio.wait_for(download(req), 60)
                 elif op == "quit":
                     await disconnect(client)
                     client = None
