@@ -49,41 +49,52 @@ func TestReadmeQuickStart(t *testing.T) {
 	}
 }
 
-// TestReadmeGroupChat keeps the README's group chat block identical to the
-// body of ExamplePlugin_SendGroup.
-func TestReadmeGroupChat(t *testing.T) {
+// TestReadmeExamples keeps the Go blocks of README sections identical to
+// the bodies of examples, which the compiler checks.
+func TestReadmeExamples(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	example, err := os.ReadFile("example_room_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := string(readme)
-	i := strings.Index(r, "### Group chat")
-	if i < 0 {
-		t.Fatal("README has no group chat section")
-	}
-	r = r[i:]
-	start := strings.Index(r, "```go\n")
-	end := strings.Index(r[start+6:], "```")
-	if start < 0 || end < 0 {
-		t.Fatal("no Go block in the group chat section")
-	}
-	snippet := strings.TrimSpace(r[start+6 : start+6+end])
-	e := string(example)
-	const decl = "func ExamplePlugin_SendGroup() {"
-	j := strings.Index(e, decl)
-	k := strings.LastIndex(e, "}")
-	if j < 0 || k < j {
-		t.Fatal("no ExamplePlugin_SendGroup")
-	}
-	var lines []string
-	for _, l := range strings.Split(strings.Trim(e[j+len(decl):k], "\n"), "\n") {
-		lines = append(lines, strings.TrimPrefix(l, "\t"))
-	}
-	if body := strings.TrimSpace(strings.Join(lines, "\n")); body != snippet {
-		t.Fatalf("README group chat block and ExamplePlugin_SendGroup differ:\nREADME:\n%s\n\nExample:\n%s", snippet, body)
+	for _, c := range []struct{ section, file, fn string }{
+		{"### Group chat", "example_room_test.go", "ExamplePlugin_SendGroup"},
+		{"### Encrypted files", "example_file_test.go", "ExamplePlugin_SendFile"},
+		{"### Staying connected, losing nothing", "reconnect/example_test.go", "Example"},
+	} {
+		t.Run(c.fn, func(t *testing.T) {
+			r := string(readme)
+			i := strings.Index(r, c.section+"\n")
+			if i < 0 {
+				t.Fatalf("README has no section %q", c.section)
+			}
+			r = r[i:]
+			start := strings.Index(r, "```go\n")
+			if start < 0 {
+				t.Fatalf("no Go block in %q", c.section)
+			}
+			end := strings.Index(r[start+6:], "```")
+			if end < 0 {
+				t.Fatalf("unterminated Go block in %q", c.section)
+			}
+			snippet := strings.TrimSpace(r[start+6 : start+6+end])
+			example, err := os.ReadFile(c.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := string(example)
+			decl := "func " + c.fn + "() {"
+			j := strings.Index(e, decl)
+			k := strings.LastIndex(e, "}")
+			if j < 0 || k < j {
+				t.Fatalf("no %s in %s", c.fn, c.file)
+			}
+			var lines []string
+			for _, l := range strings.Split(strings.Trim(e[j+len(decl):k], "\n"), "\n") {
+				lines = append(lines, strings.TrimPrefix(l, "\t"))
+			}
+			if body := strings.TrimSpace(strings.Join(lines, "\n")); body != snippet {
+				t.Fatalf("README %q and %s differ:\nREADME:\n%s\n\nExample:\n%s", c.section, c.fn, snippet, body)
+			}
+		})
 	}
 }
