@@ -58,7 +58,8 @@
 // keys; the SHA-256 in File is of what was actually received. Links with a
 // 16-byte IV, as older clients send, are accepted for download; Upload
 // always uses 12 bytes. The GCM implementation (mellium.im/omemo's internal
-// gcmstream) streams, which crypto/cipher cannot; its GHASH uses tables
-// indexed by secret data, a cache-timing concern only for an attacker
-// running code on the same machine.
+// gcmstream) streams, which crypto/cipher cannot; its GHASH is constant
+// time (no table lookups or branches that depend on the key or the data),
+// so it does not leak the hash key through cache timing to code running on
+// the same machine.
 package media // import "mellium.im/omemo/media"

@@ -12,19 +12,26 @@
 // are incremented, as GCM requires: the stream is restarted at the point
 // where they wrap around, which matters for IVs other than 96 bits.
 // The tag is GHASH_H(A || C || lengths) XOR E_K(J0), computed by a
-// table-driven GHASH (8-bit tables, 64 KiB per key).
+// constant-time GHASH written in Go: carry-less multiplication done with
+// integer multiplications on operands with holes between their bits (the
+// "ctmul64" technique of BearSSL), four blocks at a time with precomputed
+// powers of H, and a reduction made of shifts and XORs.
 //
 // Decryption through an Opener hands out plaintext before the tag has been
 // checked: the caller must treat everything it wrote as unauthenticated
 // until Close returned nil, and throw it away otherwise.
 //
-// Side channels: the GHASH tables are indexed by secret data, so a process
-// sharing the CPU caches could in principle learn about the hash key H
-// from timing (crypto/cipher's GCM uses carry-less multiplication
-// instructions or a constant-time fallback instead). The package is meant
-// for bulk file encryption with a fresh key per file, where such an
-// attacker already has easier targets; do not use it for long-lived keys
-// on shared hosts.
+// Side channels: GHASH is constant time. It looks nothing up in tables and
+// takes no branch that depends on the hash key H or on the data hashed, so
+// its memory accesses and running time depend only on the lengths of the
+// inputs, which are public. This assumes, like BearSSL, that the processor
+// multiplies 64-bit integers in constant time, as current amd64 and arm64
+// processors do. AES itself comes from crypto/aes, which is constant time
+// where Go uses the processor's AES instructions (AES-NI on amd64, the
+// ARMv8 cryptography extensions on arm64, ...); its pure-Go fallback is
+// not. GHASH in Go is several times slower than crypto/cipher's carry-less
+// multiplication instructions: crypto/cipher's GCM remains the choice for
+// messages that fit in memory.
 package gcmstream // import "mellium.im/omemo/internal/gcmstream"
 
 import (
@@ -197,8 +204,8 @@ func (c *Cipher) Verify(tag []byte) bool {
 func (c *Cipher) Size() uint64 { return c.n }
 
 // Wipe zeroes the state derived from the key that the Cipher holds (the
-// GHASH tables, E_K(J0), the counter); the AES key schedule inside
-// crypto/aes cannot be reached and is left to the garbage collector.
+// powers of the GHASH key H, E_K(J0), the counter); the AES key schedule
+// inside crypto/aes cannot be reached and is left to the garbage collector.
 // The Cipher is unusable afterwards.
 func (c *Cipher) Wipe() {
 	if c.g != nil {

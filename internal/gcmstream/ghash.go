@@ -1,39 +1,216 @@
 package gcmstream
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// This file implements GHASH (NIST SP 800-38D, section 6.4) in constant
+// time: no memory access and no branch depends on the hash key H or on the
+// data being hashed. Multiplication in GF(2^128) is done with ordinary
+// integer multiplications on "holey" integers, the technique of BearSSL's
+// ghash_ctmul64 described by Thomas Pornin
+// (https://www.bearssl.org/constanttime.html#ghash-for-gcm), followed by a
+// reduction made of shifts and XORs.
+//
+// Carry-less multiplication with integer multiplications. A carry-less
+// product (a polynomial product over GF(2)) differs from the integer
+// product only by the carries. Keep only one bit out of every four of each
+// operand: the bits at positions r, r+4, r+8, ... of one and s, s+4, ...
+// of the other. Every term of their integer product lands on a position
+// r+s+4m, and the number c_m of terms landing on r+s+4m is at most the
+// number of bits kept in the sparser operand. If that is below 16, the
+// product is the sum of the c_m·2^(r+s+4m) with every c_m < 16, a number
+// written in base 16 without any carry from one position to the next:
+// bit r+s+4m of the product is c_m mod 2, the XOR of the terms, which is
+// the bit of the carry-less product. The three bits above it hold the rest
+// of c_m, garbage that is masked off. Products of different pairs (r, s)
+// with the same r+s mod 4 can be XORed before masking, as their garbage
+// never reaches a position that is kept.
+//
+// A 64-bit operand has 16 bits in each class of positions modulo 4, one
+// too many: the data side of each 64×64 product is therefore cut into its
+// low 60 bits (15 per class, 4×4 = 16 multiplications whose products are
+// sorted into the four classes of positions and masked) and its top four
+// bits t (bits 60 to 63). t times one class of the other operand has no
+// carries at all: its four bits shift that class onto four different
+// classes, so no two terms ever land on the same position; that is four
+// more multiplications, which need no masking.
+//
+// Why this is constant time: nothing is looked up in a table, and no
+// branch depends on H or on the data. The multiplications are bits.Mul64,
+// one MUL instruction on amd64 and MUL/UMULH on arm64, whose timing does
+// not depend on the operands on current processors (elsewhere bits.Mul64
+// is made of smaller multiplications without branches; a few old 32-bit
+// cores, some ARM among them, end multiplications early for small
+// operands, which this code cannot help). Everything else is AND, OR, XOR
+// and shifts by constant amounts, so the generated code is straight-line
+// (clmul64 and reduce contain no jumps at all). The powers of H are read
+// at fixed offsets of the ghash struct, and the only branches are the loops
+// over the input, which depend on its length alone, which is public.
+//
+// A 128×128-bit product takes three 64×64-bit products (Karatsuba), that is
+// 60 multiplications, and the 256-bit result is reduced modulo
+// x^128 + x^7 + x^2 + x + 1. Four blocks are hashed at a time with the
+// precomputed powers H, H^2, H^3 and H^4 (Y_{i+4} = (Y_i XOR X_1)·H^4 XOR
+// X_2·H^3 XOR X_3·H^2 XOR X_4·H): the four products are independent of
+// each other, which lets the processor overlap them, and they share one
+// reduction.
 
 // fieldElement is an element of GF(2^128) in GCM's bit order: hi holds
 // bytes 0..7 of the block big-endian, lo bytes 8..15; the most significant
 // bit of byte 0 is the coefficient of x^0 and the least significant bit of
-// byte 15 the coefficient of x^127 (NIST SP 800-38D, section 6.3).
+// byte 15 the coefficient of x^127 (NIST SP 800-38D, section 6.3). Read as
+// the 128-bit integer hi·2^64 + lo, bit 127-i is the coefficient of x^i.
 type fieldElement struct {
 	hi, lo uint64
 }
 
-// mulX multiplies v by x: a right shift in GCM's bit order, reduced modulo
-// x^128 + x^7 + x^2 + x + 1 (R = 0xe1 || 0^120).
-func mulX(v fieldElement) fieldElement {
-	carry := v.lo & 1
-	v.lo = v.lo>>1 | v.hi<<63
-	v.hi >>= 1
-	v.hi ^= (0xe1 << 56) & -carry
-	return v
+// Masks of the bit positions congruent to 0, 1, 2 and 3 modulo 4.
+const (
+	mask0 = 0x1111111111111111
+	mask1 = 0x2222222222222222
+	mask2 = 0x4444444444444444
+	mask3 = 0x8888888888888888
+)
+
+// The same restricted to the low 60 bits (15 bits each), and the top four
+// bits.
+const (
+	low0 = mask0 >> 4
+	low1 = mask1 >> 4
+	low2 = mask2 >> 4
+	low3 = mask3 >> 4
+	top4 = 0xf << 60
+)
+
+// split is a 64-bit word of the key side cut into its four classes of bit
+// positions modulo 4 (16 bits each).
+type split [4]uint64
+
+func splitWord(w uint64) split {
+	return split{w & mask0, w & mask1, w & mask2, w & mask3}
 }
 
-// ghash is GHASH_H (NIST SP 800-38D, algorithm 2) with 8-bit tables built
-// per key: table[i][b] is the product of H and the element whose byte i is
-// b and whose other bytes are 0. Multiplying Y by H is then the XOR of 16
-// table entries, one per byte of Y, with no reduction step at run time.
-// The tables take 64 KiB.
+// clmul64 returns the carry-less (GF(2)[x]) product of x and the word y was
+// split from, as a 128-bit integer hi·2^64 + lo.
+func clmul64(x uint64, y *split) (hi, lo uint64) {
+	// x's low 60 bits, at most 15 bits per class, so that no sum of terms
+	// reaches 16 (see the top of the file).
+	x0, x1, x2, x3 := x&low0, x&low1, x&low2, x&low3
+
+	// Class 0 of the product (positions 0 mod 4): the products of classes
+	// r and s with r+s = 0 mod 4. The classes of the high word are those of
+	// the low word, 64 being a multiple of 4.
+	h, l := bits.Mul64(x0, y[0])
+	h, l = mulXor(h, l, x1, y[3])
+	h, l = mulXor(h, l, x2, y[2])
+	h, l = mulXor(h, l, x3, y[1])
+	hi, lo = h&mask0, l&mask0
+
+	// Class 1.
+	h, l = bits.Mul64(x0, y[1])
+	h, l = mulXor(h, l, x1, y[0])
+	h, l = mulXor(h, l, x2, y[3])
+	h, l = mulXor(h, l, x3, y[2])
+	hi, lo = hi|h&mask1, lo|l&mask1
+
+	// Class 2.
+	h, l = bits.Mul64(x0, y[2])
+	h, l = mulXor(h, l, x1, y[1])
+	h, l = mulXor(h, l, x2, y[0])
+	h, l = mulXor(h, l, x3, y[3])
+	hi, lo = hi|h&mask2, lo|l&mask2
+
+	// Class 3.
+	h, l = bits.Mul64(x0, y[3])
+	h, l = mulXor(h, l, x1, y[2])
+	h, l = mulXor(h, l, x2, y[1])
+	h, l = mulXor(h, l, x3, y[0])
+	hi, lo = hi|h&mask3, lo|l&mask3
+
+	// The top four bits of x: carry-free products, one per class of y.
+	t := x & top4
+	hi, lo = mulXor(hi, lo, t, y[0])
+	hi, lo = mulXor(hi, lo, t, y[1])
+	hi, lo = mulXor(hi, lo, t, y[2])
+	hi, lo = mulXor(hi, lo, t, y[3])
+	return hi, lo
+}
+
+// mulXor returns (h, l) XOR the 128-bit product of a and b.
+func mulXor(h, l, a, b uint64) (uint64, uint64) {
+	ph, pl := bits.Mul64(a, b)
+	return h ^ ph, l ^ pl
+}
+
+// keyPower is a power of H prepared for multiplication: its two words and
+// their XOR (for Karatsuba), each split into classes.
+type keyPower struct {
+	hi, lo, mid split
+}
+
+func newKeyPower(v fieldElement) keyPower {
+	return keyPower{splitWord(v.hi), splitWord(v.lo), splitWord(v.hi ^ v.lo)}
+}
+
+// wide is a 256-bit carry-less product, z3 the most significant word.
+type wide struct {
+	z3, z2, z1, z0 uint64
+}
+
+// mulWide returns the 255-bit carry-less product of the 128-bit integers
+// (xhi, xlo) and k, with Karatsuba's three 64×64-bit products.
+func mulWide(xhi, xlo uint64, k *keyPower) wide {
+	hh, hl := clmul64(xhi, &k.hi)
+	lh, ll := clmul64(xlo, &k.lo)
+	mh, ml := clmul64(xhi^xlo, &k.mid)
+	mh ^= hh ^ lh
+	ml ^= hl ^ ll
+	return wide{hh, hl ^ mh, lh ^ ml, ll}
+}
+
+func (w *wide) xor(v wide) {
+	w.z3 ^= v.z3
+	w.z2 ^= v.z2
+	w.z1 ^= v.z1
+	w.z0 ^= v.z0
+}
+
+// reduce returns the field element of a product from mulWide.
 //
-// The lookups depend on secret data (H and the running hash), so the
-// running time is not independent of the data with respect to cache
-// timing; see the package documentation.
+// In the integer product, bit 254-i is the coefficient of x^i (bit 127-i
+// in each operand): shifted left by one, bit 255-i is the coefficient of
+// x^i, so z3, z2 hold x^0..x^127 in the layout of a fieldElement and z1,
+// z0 hold x^128..x^255. Each term x^(128+j) of those is replaced by
+// x^j·(x^7 + x^2 + x + 1); multiplying by x is a right shift in this bit
+// order. The terms of z0 land in z2 and z1; those that land in z1 are
+// folded in turn with those of z1, which land in z3 and z2.
+func reduce(w wide) fieldElement {
+	z3 := w.z3<<1 | w.z2>>63
+	z2 := w.z2<<1 | w.z1>>63
+	z1 := w.z1<<1 | w.z0>>63
+	z0 := w.z0 << 1
+
+	z2 ^= z0 ^ z0>>1 ^ z0>>2 ^ z0>>7
+	z1 ^= z0<<63 ^ z0<<62 ^ z0<<57
+	z3 ^= z1 ^ z1>>1 ^ z1>>2 ^ z1>>7
+	z2 ^= z1<<63 ^ z1<<62 ^ z1<<57
+	return fieldElement{z3, z2}
+}
+
+// mul returns x·k.
+func mul(x fieldElement, k *keyPower) fieldElement {
+	return reduce(mulWide(x.hi, x.lo, k))
+}
+
+// ghash is GHASH_H (NIST SP 800-38D, algorithm 2), computed in constant
+// time (see the top of the file).
 type ghash struct {
-	table [16][256]fieldElement
-	y     fieldElement
-	buf   [16]byte // a partial block
-	nbuf  int
+	h    [4]keyPower // H, H^2, H^3, H^4
+	y    fieldElement
+	buf  [16]byte // a partial block
+	nbuf int
 }
 
 func newGHASH(h *[16]byte) *ghash {
@@ -44,59 +221,30 @@ func newGHASH(h *[16]byte) *ghash {
 
 func (g *ghash) init(h *[16]byte) {
 	v := fieldElement{binary.BigEndian.Uint64(h[:8]), binary.BigEndian.Uint64(h[8:])}
-	for i := range g.table {
-		t := &g.table[i]
-		// Byte value 0x80 is x^(8i), 0x40 is x^(8i+1), ..., 0x01 is
-		// x^(8i+7).
-		for bit := 0x80; bit > 0; bit >>= 1 {
-			t[bit] = v
-			v = mulX(v)
-		}
-		// Every other entry is the XOR of the entries of its bits.
-		for j := 2; j < 256; j <<= 1 {
-			for k := 1; k < j; k++ {
-				t[j+k] = fieldElement{t[j].hi ^ t[k].hi, t[j].lo ^ t[k].lo}
-			}
-		}
+	g.h[0] = newKeyPower(v)
+	p := v
+	for i := 1; i < len(g.h); i++ {
+		p = mul(p, &g.h[0])
+		g.h[i] = newKeyPower(p)
 	}
-}
-
-// mul returns y·H for y = (hi, lo).
-// The running value stays in registers: storing it in the ghash struct,
-// 64 KiB away from table entries at the same offsets modulo 4 KiB, makes
-// the CPU stall on false store-to-load dependencies (4K aliasing).
-func (g *ghash) mul(hi, lo uint64) (uint64, uint64) {
-	t := &g.table
-	z0 := &t[0][byte(hi>>56)]
-	z1 := &t[1][byte(hi>>48)]
-	z2 := &t[2][byte(hi>>40)]
-	z3 := &t[3][byte(hi>>32)]
-	z4 := &t[4][byte(hi>>24)]
-	z5 := &t[5][byte(hi>>16)]
-	z6 := &t[6][byte(hi>>8)]
-	z7 := &t[7][byte(hi)]
-	z8 := &t[8][byte(lo>>56)]
-	z9 := &t[9][byte(lo>>48)]
-	z10 := &t[10][byte(lo>>40)]
-	z11 := &t[11][byte(lo>>32)]
-	z12 := &t[12][byte(lo>>24)]
-	z13 := &t[13][byte(lo>>16)]
-	z14 := &t[14][byte(lo>>8)]
-	z15 := &t[15][byte(lo)]
-	return z0.hi ^ z1.hi ^ z2.hi ^ z3.hi ^ z4.hi ^ z5.hi ^ z6.hi ^ z7.hi ^
-			z8.hi ^ z9.hi ^ z10.hi ^ z11.hi ^ z12.hi ^ z13.hi ^ z14.hi ^ z15.hi,
-		z0.lo ^ z1.lo ^ z2.lo ^ z3.lo ^ z4.lo ^ z5.lo ^ z6.lo ^ z7.lo ^
-			z8.lo ^ z9.lo ^ z10.lo ^ z11.lo ^ z12.lo ^ z13.lo ^ z14.lo ^ z15.lo
 }
 
 // blocks hashes whole 16-byte blocks; len(p) must be a multiple of 16.
 func (g *ghash) blocks(p []byte) {
-	hi, lo := g.y.hi, g.y.lo
+	y := g.y
+	for len(p) >= 64 {
+		acc := mulWide(y.hi^binary.BigEndian.Uint64(p[0:8]), y.lo^binary.BigEndian.Uint64(p[8:16]), &g.h[3])
+		acc.xor(mulWide(binary.BigEndian.Uint64(p[16:24]), binary.BigEndian.Uint64(p[24:32]), &g.h[2]))
+		acc.xor(mulWide(binary.BigEndian.Uint64(p[32:40]), binary.BigEndian.Uint64(p[40:48]), &g.h[1]))
+		acc.xor(mulWide(binary.BigEndian.Uint64(p[48:56]), binary.BigEndian.Uint64(p[56:64]), &g.h[0]))
+		y = reduce(acc)
+		p = p[64:]
+	}
 	for len(p) >= 16 {
-		hi, lo = g.mul(hi^binary.BigEndian.Uint64(p[:8]), lo^binary.BigEndian.Uint64(p[8:16]))
+		y = mul(fieldElement{y.hi ^ binary.BigEndian.Uint64(p[:8]), y.lo ^ binary.BigEndian.Uint64(p[8:16])}, &g.h[0])
 		p = p[16:]
 	}
-	g.y.hi, g.y.lo = hi, lo
+	g.y = y
 }
 
 // write hashes p as a continuation of the data written so far.
@@ -153,8 +301,8 @@ func (g *ghash) reset() {
 	g.nbuf = 0
 }
 
-// wipe zeroes the tables (derived from the key) and the state.
+// wipe zeroes the powers of H (derived from the key) and the state.
 func (g *ghash) wipe() {
-	clear(g.table[:])
+	clear(g.h[:])
 	g.reset()
 }
