@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs cmd/omemo-demo (a scripted OMEMO conversation between alice, with two
-# devices, and bob) against a throw-away local Prosody, then stops the server.
+# devices, and bob, then an encrypted file that alice shares with bob over
+# HTTP File Upload) against a throw-away local Prosody, then stops the server.
 #
 #   bash scripts/demo.sh                   # as root on a fresh Debian 12 machine
 #   bash scripts/demo.sh -v                # extra flags go to omemo-demo
@@ -9,11 +10,12 @@
 # DEMO_SERVER picks the server:
 #   auto    (default) docker when a Docker engine and the compose plugin
 #           answer, debian otherwise;
-#   docker  `docker compose up` of docker-compose.yml, on a free port of
-#           127.0.0.1, taken down again at the end;
+#   docker  `docker compose up` of docker-compose.yml, c2s and HTTPS upload
+#           on free ports of 127.0.0.1, taken down again at the end;
 #   debian  Debian's prosody (installed with apt-get if missing), configured
-#           in a temporary directory like internal/prosodytest does: c2s on a
-#           free port of 127.0.0.1, self-signed certificate, the accounts
+#           in a temporary directory like internal/prosodytest does
+#           (scripts/prosody-config.sh): c2s and HTTP File Upload over HTTPS
+#           on free ports of 127.0.0.1, self-signed certificate, the accounts
 #           registered with prosodyctl; killed and deleted at the end.
 # ALICE_PASSWORD and BOB_PASSWORD set the passwords (defaults: alice, bob).
 #
@@ -45,6 +47,21 @@ free_port() {
 		fi
 	done
 	die "no free port found"
+}
+
+# Waits until something accepts TCP connections on 127.0.0.1:$1.
+wait_port() {
+	local port=$1 pid=${2:-}
+	for _ in $(seq 100); do
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			return 1
+		fi
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
 }
 
 # Waits until an XMPP server answers a stream header on 127.0.0.1:$1 (a bare
@@ -99,15 +116,18 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(free_port)
+upload_port=$(free_port)
+while [ "$upload_port" = "$port" ]; do upload_port=$(free_port); done
 case "$DEMO_SERVER" in
 docker)
 	docker info >/dev/null 2>&1 || die "DEMO_SERVER=docker: no Docker engine answers (docker info)"
 	docker compose version >/dev/null 2>&1 || die "DEMO_SERVER=docker: the docker compose plugin is missing"
-	export XMPP_PORT="$port"
-	say "starting prosody with docker compose on 127.0.0.1:$port"
+	export XMPP_PORT="$port" UPLOAD_PORT="$upload_port"
+	say "starting prosody with docker compose on 127.0.0.1:$port (HTTPS upload on $upload_port)"
 	compose_started=true
 	docker compose up --detach --build --wait
 	wait_xmpp "$port" || { docker compose logs; die "prosody (docker) does not answer on port $port"; }
+	wait_port "$upload_port" || { docker compose logs; die "prosody (docker) does not listen for HTTPS on port $upload_port"; }
 	;;
 debian)
 	missing=()
@@ -120,17 +140,17 @@ debian)
 		$SUDO apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
-	say "starting prosody ($(dpkg-query -W -f='${Version}' prosody)) in $work on 127.0.0.1:$port"
+	say "starting prosody ($(dpkg-query -W -f='${Version}' prosody)) in $work on 127.0.0.1:$port (HTTPS upload on $upload_port)"
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
 		-subj /CN=localhost -addext subjectAltName=DNS:localhost \
 		-keyout "$work/localhost.key" -out "$work/localhost.crt" 2>/dev/null
 	chmod 600 "$work/localhost.key"
-	prosody_config "$work" "$port" debug >"$work/prosody.cfg.lua"
+	prosody_config "$work" "$port" debug "" "$upload_port" >"$work/prosody.cfg.lua"
 	prosodyctl --config "$work/prosody.cfg.lua" register alice localhost "$ALICE_PASSWORD" >/dev/null
 	prosodyctl --config "$work/prosody.cfg.lua" register bob localhost "$BOB_PASSWORD" >/dev/null
 	prosody --config "$work/prosody.cfg.lua" -F >"$work/console.log" 2>&1 &
 	server_pid=$!
-	if ! wait_xmpp "$port" "$server_pid"; then
+	if ! wait_xmpp "$port" "$server_pid" || ! wait_port "$upload_port" "$server_pid"; then
 		cat "$work/console.log" >&2
 		tail -n 30 "$work/prosody.log" >&2 2>/dev/null || true
 		die "prosody did not start"

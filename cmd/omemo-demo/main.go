@@ -10,14 +10,24 @@
 // sender, device id, OMEMO version, trust, whether the message carried a
 // key exchange, and the body.
 //
+// Then Alice shares a small generated text file, omemo-demo.txt, with Bob
+// (XEP-0454): Plugin.SendFile encrypts it with a fresh key, uploads the
+// ciphertext through the server's HTTP File Upload service (XEP-0363, over
+// HTTPS) and sends the aesgcm:// link in an OMEMO message; Bob's client
+// downloads it into a temporary directory with media.Download and checks
+// its SHA-256 against what SendFile reported. The link's key is never
+// printed. A server without an upload service fails the demo.
+// -insecure-skip-verify applies to the HTTPS upload and download too.
+//
 // Usage:
 //
 //	omemo-demo -addr 127.0.0.1:5222 -insecure-skip-verify \
 //	    -alice alice@localhost -alice-password alice \
 //	    -bob bob@localhost -bob-password bob
 //
-// The exit status is 0 when every expected message was decrypted, 1 when one
-// did not arrive within -timeout or could not be decrypted, 2 on bad usage.
+// The exit status is 0 when every expected message was decrypted and the
+// file arrived intact, 1 when a message did not arrive within -timeout or
+// could not be decrypted, or the file could not be shared, 2 on bad usage.
 //
 // Every run creates new devices (their state is kept in memory only) and
 // publishes them; against a long-running server, -reset-device-lists first
@@ -68,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		alicePass, bobPas string
 	)
 	fs.StringVar(&o.dial.addr, "addr", "127.0.0.1:5222", `c2s address of the server, host:port ("" looks it up in DNS)`)
-	fs.BoolVar(&o.dial.insecure, "insecure-skip-verify", false, "do not verify the server certificate (for a local test server)")
+	fs.BoolVar(&o.dial.insecure, "insecure-skip-verify", false, "do not verify the server certificate, of c2s and of HTTPS upload (for a local test server)")
 	fs.StringVar(&aliceJID, "alice", "alice@localhost", "JID of the first account")
 	fs.StringVar(&alicePass, "alice-password", "", "password of the first account")
 	fs.StringVar(&bobJID, "bob", "bob@localhost", "JID of the second account")
@@ -193,6 +203,14 @@ func demo(o options, w, stderr io.Writer) error {
 	}
 
 	alice1, bob := clients[0], clients[len(clients)-1]
+	svc, err := discoverUpload(alice1, o.timeout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "  %-15s %s\n", "upload service", describeService(svc))
+	hc := newHTTPClient(o.dial.insecure)
+	defer hc.CloseIdleConnections()
+
 	alice2 := alice1
 	others := func(c *client) []*client { return nil }
 	if o.aliceDevices == 2 {
@@ -230,17 +248,7 @@ func demo(o options, w, stderr io.Writer) error {
 		for _, f := range res.Failures {
 			fmt.Fprintf(w, "  could not encrypt for %s device %d: %v\n", f.JID, f.DeviceID, f.Err)
 		}
-		if got, ok := st.from.wire(res.ID, 2*time.Second); ok {
-			fmt.Fprintf(w, "  on the wire, %s → server (%d bytes inside TLS):\n", st.from.name, len(got.Raw))
-			text, err := pretty(got.Raw, "    ")
-			if err != nil {
-				fmt.Fprintf(w, "    (unparsable: %v)\n", err)
-			} else {
-				fmt.Fprint(w, text)
-			}
-		} else {
-			fmt.Fprintf(w, "  (the stanza was not captured from the stream tee)\n")
-		}
+		printWire(w, st.from, res.ID)
 		for _, rc := range st.expect {
 			m, err := rc.expect(o.timeout)
 			if err != nil {
@@ -253,8 +261,17 @@ func demo(o options, w, stderr io.Writer) error {
 			if sender != st.from.name || names[m.SenderDevice] != st.from.name {
 				return fmt.Errorf("%s: message attributed to device %d with identity key of %q, want %s", rc.name, m.SenderDevice, sender, st.from.name)
 			}
-			printDecrypted(w, rc.name, m, names, fingerprints[sender])
+			printDecrypted(w, rc.name, fmt.Sprintf("%q", m.Body), m, names, fingerprints[sender])
 		}
+	}
+
+	// Alice shares a file with Bob; the link reaches the same devices as
+	// her messages.
+	fileMsg := fileStep{alice1, o.bob.jid, append([]*client{bob}, others(alice1)...), bob}
+	fmt.Fprintf(w, "\n── %d. %s → %s: a file ──────────────────────────\n", len(script)+1, fileMsg.from.name, fileMsg.to)
+	fileDecryptions, err := shareFile(w, fileMsg, svc, hc, o.timeout, names, keys, fingerprints)
+	if err != nil {
+		return err
 	}
 
 	// Nothing else may arrive, and nothing may have been rejected.
@@ -262,6 +279,10 @@ func demo(o options, w, stderr io.Writer) error {
 	for _, c := range clients {
 		select {
 		case m := <-c.msgs:
+			if m.File != nil {
+				m.File.Wipe()
+				return fmt.Errorf("%s: unexpected file link from %s", c.name, m.From)
+			}
 			return fmt.Errorf("%s: unexpected message %q from %s", c.name, m.Body, m.From)
 		default:
 		}
@@ -279,11 +300,30 @@ func demo(o options, w, stderr io.Writer) error {
 	for _, st := range script {
 		n += len(st.expect)
 	}
-	fmt.Fprintf(w, "\nOK: %d messages sent, %d decryptions as expected, none rejected.\n", len(script), n)
+	n += fileDecryptions
+	fmt.Fprintf(w, "\nOK: %d messages sent (one of them a file's link), %d decryptions as expected, 1 file downloaded with the right SHA-256, none rejected.\n", len(script)+1, n)
 	return nil
 }
 
-func printDecrypted(w io.Writer, who string, m omemo.Message, names map[uint32]string, fp string) {
+// printWire prints the stanza with the given id as from wrote it.
+func printWire(w io.Writer, from *client, id string) {
+	got, ok := from.wire(id, 2*time.Second)
+	if !ok {
+		fmt.Fprintf(w, "  (the stanza was not captured from the stream tee)\n")
+		return
+	}
+	fmt.Fprintf(w, "  on the wire, %s → server (%d bytes inside TLS):\n", from.name, len(got.Raw))
+	text, err := pretty(got.Raw, "    ")
+	if err != nil {
+		fmt.Fprintf(w, "    (unparsable: %v)\n", err)
+		return
+	}
+	fmt.Fprint(w, text)
+}
+
+// printDecrypted prints what who decrypted: what (the quoted body, or a
+// description of a file link) and how.
+func printDecrypted(w io.Writer, who, what string, m omemo.Message, names map[uint32]string, fp string) {
 	var how []string
 	how = append(how, nsName(m.Namespace))
 	if m.Carbon {
@@ -304,7 +344,7 @@ func printDecrypted(w io.Writer, who string, m omemo.Message, names map[uint32]s
 	if m.Trust == trust.Undecided {
 		level += " (delivered but flagged; blind trust decides once this device encrypts to it)"
 	}
-	fmt.Fprintf(w, "  %s decrypted %q\n", who, m.Body)
+	fmt.Fprintf(w, "  %s decrypted %s\n", who, what)
 	fmt.Fprintf(w, "      from %s, device %d = %s, %s\n", m.From, m.SenderDevice, names[m.SenderDevice], strings.Join(how, ", "))
 	fmt.Fprintf(w, "      identity key %s (the sender's), key exchange: %s\n", shortFingerprint(fp), kex)
 	fmt.Fprintf(w, "      trust: %s\n", level)
