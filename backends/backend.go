@@ -27,7 +27,7 @@ type Backend interface {
 	Namespace() string
 
 	// Bundle returns the own public bundle, in wire form, without hidden pre
-	// keys.
+	// keys. It does not recompute the public keys; see KeyVerifier.
 	Bundle() (bundle.Bundle, error)
 	// NumVisiblePreKeys is the number of pre keys in Bundle.
 	NumVisiblePreKeys() int
@@ -90,6 +90,24 @@ type Backend interface {
 	EncryptEmpty() (Content, []byte, error)
 	// DecryptPlaintext authenticates and decrypts a payload.
 	DecryptPlaintext(c Content, keyMaterial []byte) ([]byte, error)
+}
+
+// KeyVerifier is implemented by backends that can check their own key
+// material; both twomemo and oldmemo do.
+//
+// Loading stored key material performs no scalar multiplication: public keys
+// are stored next to their private keys, and a checksum over the record
+// catches corruption of the stored bytes at load. Bundle therefore returns
+// the stored public keys without recomputing them, which keeps it cheap
+// enough to compare the local bundle with the published one at every start.
+// A key exchange checks the keys it uses. VerifyKeys is the complete check,
+// meant to run before a bundle is uploaded.
+type KeyVerifier interface {
+	// VerifyKeys recomputes every own public key from its private key and
+	// verifies the signed pre key signature: one scalar multiplication per
+	// key, about 100 in all. It returns nil if the bundle is usable and an
+	// error wrapping ErrCorruptKeys otherwise.
+	VerifyKeys() error
 }
 
 // Initiation says which side of the key exchange built a session.
@@ -206,6 +224,13 @@ var (
 	// ErrInvalidKey means a public key that is not a valid curve point, has
 	// small order or gives an all-zero shared secret.
 	ErrInvalidKey = errors.New("omemo: invalid public key")
+	// ErrCorruptKeys means that the own key material is inconsistent: a
+	// stored public key does not belong to its private key (or the signed
+	// pre key signature does not verify). A key exchange that uses such a
+	// key fails with it, and KeyVerifier.VerifyKeys reports it; the error
+	// names the key by kind and id. The key cannot work: delete it (or
+	// replace the key material) and publish a new bundle.
+	ErrCorruptKeys = errors.New("omemo: own key material is inconsistent")
 
 	// ErrDuplicateMessage means the message was already decrypted: its
 	// message key is gone (replay or duplicate delivery).

@@ -87,6 +87,8 @@ func WrapX3DHError(err error) error {
 		cause = backends.ErrUnknownSignedPreKey
 	case errors.Is(err, x3dh.ErrUnknownPreKey):
 		cause = backends.ErrUnknownPreKey
+	case errors.Is(err, x3dh.ErrKeyMismatch):
+		cause = backends.ErrCorruptKeys
 	case errors.Is(err, x3dh.ErrInvalidKey), errors.Is(err, xeddsa.ErrInvalidKey),
 		errors.Is(err, xeddsa.ErrSmallOrder), errors.Is(err, xeddsa.ErrZeroSharedSecret):
 		cause = backends.ErrInvalidKey

@@ -1,6 +1,7 @@
 package backendcore
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sync"
@@ -8,6 +9,7 @@ import (
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/internal/x3dh"
+	"mellium.im/omemo/internal/xeddsa"
 )
 
 // DefaultPreKeys is how many pre keys a new key state starts with.
@@ -41,11 +43,28 @@ func NewKeys(cfg *x3dh.Config, id *backends.IdentityKeyPair, data []byte, opts b
 	if err := st.UnmarshalBinary(data); err != nil {
 		return nil, fmt.Errorf("omemo: loading key state: %w", err)
 	}
-	if st.IdentityPub != id.PublicKey() {
+	// The stored identity key pair must be the given identity's: both halves
+	// are compared, since the stored public key is no longer derived from
+	// the stored private key on load. This also makes the identity part of
+	// the state fully checked at no cost.
+	priv := xeddsa.Clamp(id.PrivateScalar())
+	same := subtle.ConstantTimeCompare(st.IdentityPriv[:], priv[:])
+	clear(priv[:])
+	if same != 1 || st.IdentityPub != id.PublicKey() {
 		return nil, fmt.Errorf("omemo: loading key state: %w: identity key mismatch", backends.ErrInvalidIdentity)
 	}
 	k.state = st
 	return k, nil
+}
+
+// VerifyKeys implements backends.KeyVerifier.
+func (k *Keys) VerifyKeys() error {
+	return k.Read(func(st *x3dh.State) error {
+		if err := st.VerifyKeys(k.X3DH); err != nil {
+			return fmt.Errorf("%w: %w", backends.ErrCorruptKeys, err)
+		}
+		return nil
+	})
 }
 
 // Read runs f with the state under the read lock.

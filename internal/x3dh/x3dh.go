@@ -55,6 +55,13 @@ var (
 	// ErrIDsExhausted is returned when all 2^32-1 signed pre key or pre key
 	// ids have been handed out; ids are never reused.
 	ErrIDsExhausted = errors.New("x3dh: key ids exhausted")
+	// ErrKeyMismatch means that one of the State's own key pairs is
+	// inconsistent: a stored public key does not belong to its private key,
+	// or the signed pre key signature does not verify under the identity
+	// key. The State is corrupt. Passive returns it for the keys a key
+	// exchange uses, VerifyKeys for any key; the error names the key by kind
+	// and id, never by its bytes.
+	ErrKeyMismatch = errors.New("x3dh: stored public key does not match its private key")
 )
 
 // Config selects the OMEMO flavour.
@@ -313,6 +320,13 @@ func uniformIndex(rand io.Reader, n int) (int, error) {
 // (ErrUnknownPreKey). It returns a copy of the signed pre key used, whose
 // private key becomes the responder's first ratchet key.
 //
+// Before any DH, Passive checks that the stored public keys of the signed
+// pre key and the pre key it uses belong to their private keys (two
+// fixed-base scalar multiplications): if the State is corrupt, the peer
+// computed its secret with the published public key and the two sides
+// cannot agree, so Passive fails with ErrKeyMismatch rather than derive a
+// secret that silently disagrees with the peer's.
+//
 // Passive never modifies s: deleting or hiding the consumed pre key, which is
 // required for forward secrecy and to stop replays from building new
 // sessions, is the caller's responsibility.
@@ -338,6 +352,12 @@ func (s *State) Passive(cfg *Config, h *Header) (Result, *SignedPreKey, error) {
 	}
 	ikA, err := identityCurve(h.IdentityKey)
 	if err != nil {
+		return Result{}, nil, err
+	}
+	if err := checkPair("signed pre key", spk.ID, &spk.Priv, &spk.Pub); err != nil {
+		return Result{}, nil, err
+	}
+	if err := checkPair("pre key", pk.ID, &pk.Priv, &pk.Pub); err != nil {
 		return Result{}, nil, err
 	}
 

@@ -528,7 +528,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if data[0] != 1 {
+	if data[0] != stateVersion {
 		t.Fatalf("version byte %d", data[0])
 	}
 	if want := minEncodedLen + spkLen + 19*preKeyLen; len(data) != want {
@@ -581,50 +581,84 @@ func TestUnmarshalErrors(t *testing.T) {
 	if err := s.RotateSignedPreKey(cfg, testNow, nil); err != nil {
 		t.Fatal(err)
 	}
-	valid, err := s.MarshalBinary()
+	// Each format: its encoding of s, its layout, and how to re-seal a
+	// modified encoding, so that the structural checks are reached rather
+	// than the checksum.
+	type format struct {
+		name                 string
+		valid                []byte
+		header, spk, preKey  int
+		nextSPK              int // offset of the next signed pre key id
+		seal                 func([]byte) []byte
+		versionOK, versionNo byte
+	}
+	v2, err := s.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	oldFlag := headerLen + spkLen
-	count := oldFlag + 1 + spkLen
-	first := count + 4
-	mod := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(valid)) }
-	cases := map[string][]byte{
-		"empty":           nil,
-		"truncated":       valid[:len(valid)-1],
-		"trailing":        append(bytes.Clone(valid), 0),
-		"version 0":       mod(func(b []byte) []byte { b[0] = 0; return b }),
-		"version 2":       mod(func(b []byte) []byte { b[0] = 2; return b }),
-		"unclamped":       mod(func(b []byte) []byte { b[1] |= 1; return b }),
-		"old flag 2":      mod(func(b []byte) []byte { b[oldFlag] = 2; return b }),
-		"old flag 0":      mod(func(b []byte) []byte { b[oldFlag] = 0; return b }),
-		"count too big":   mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[count:], math.MaxUint32); return b }),
-		"pre key flags":   mod(func(b []byte) []byte { b[first+4] = 2; return b }),
-		"duplicate id":    mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[first+preKeyLen:], 1); return b }),
-		"zero pre key id": mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[first:], 0); return b }),
-		"pre key id ≥ next": mod(func(b []byte) []byte {
-			binary.BigEndian.PutUint32(b[first:], 4)
-			return b
-		}),
-		"spk id ≥ next": mod(func(b []byte) []byte {
-			binary.BigEndian.PutUint32(b[1+32:], 2)
-			return b
-		}),
-		"old id == current": mod(func(b []byte) []byte {
-			copy(b[oldFlag+1:oldFlag+5], b[headerLen:headerLen+4])
-			return b
-		}),
+	formats := []format{
+		{"v2", v2, headerLen, spkLen, preKeyLen, 1 + 32 + 32, reseal, 2, 3},
+		{"v1", marshalV1(t, s), v1HeaderLen, v1SPKLen, v1PreKeyLen, 1 + 32, func(b []byte) []byte { return b }, 1, 0},
 	}
-	for name, data := range cases {
-		target := newState(t, cfg, 1)
-		before, _ := target.MarshalBinary()
-		err := target.UnmarshalBinary(data)
-		if !errors.Is(err, ErrCorruptState) {
-			t.Errorf("%s: err = %v, want ErrCorruptState", name, err)
+	for _, f := range formats {
+		valid := f.valid
+		oldFlag := f.header + f.spk
+		count := oldFlag + 1 + f.spk
+		first := count + 4
+		mod := func(m func(b []byte) []byte) []byte { return f.seal(m(bytes.Clone(valid))) }
+		cases := map[string][]byte{
+			"empty":           nil,
+			"truncated":       valid[:len(valid)-1],
+			"trailing":        append(bytes.Clone(valid), 0),
+			"only version":    valid[:1],
+			"version 0":       mod(func(b []byte) []byte { b[0] = 0; return b }),
+			"bad version":     mod(func(b []byte) []byte { b[0] = f.versionNo; return b }),
+			"unclamped":       mod(func(b []byte) []byte { b[1] |= 1; return b }),
+			"old flag 2":      mod(func(b []byte) []byte { b[oldFlag] = 2; return b }),
+			"old flag 0":      mod(func(b []byte) []byte { b[oldFlag] = 0; return b }),
+			"count too big":   mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[count:], math.MaxUint32); return b }),
+			"pre key flags":   mod(func(b []byte) []byte { b[first+4] = 2; return b }),
+			"duplicate id":    mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[first+f.preKey:], 1); return b }),
+			"zero pre key id": mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[first:], 0); return b }),
+			"pre key id ≥ next": mod(func(b []byte) []byte {
+				binary.BigEndian.PutUint32(b[first:], 4)
+				return b
+			}),
+			"spk id ≥ next": mod(func(b []byte) []byte {
+				binary.BigEndian.PutUint32(b[f.nextSPK:], 2)
+				return b
+			}),
+			"old id == current": mod(func(b []byte) []byte {
+				copy(b[oldFlag+1:oldFlag+5], b[f.header:f.header+4])
+				return b
+			}),
 		}
-		after, _ := target.MarshalBinary()
-		if !bytes.Equal(before, after) {
-			t.Errorf("%s: failed UnmarshalBinary modified the state", name)
+		if f.name == "v2" {
+			cases["checksum"] = mod(func(b []byte) []byte { return b })
+			cases["checksum"][len(valid)-1] ^= 1
+			cases["truncated, resealed"] = reseal(valid[:len(valid)-checksumLen-1])
+			cases["trailing, resealed"] = reseal(append(bytes.Clone(valid[:len(valid)-checksumLen]), 0))
+			cases["descending ids"] = mod(func(b []byte) []byte {
+				e := bytes.Clone(b[first : first+preKeyLen])
+				copy(b[first:], b[first+preKeyLen:first+2*preKeyLen])
+				copy(b[first+preKeyLen:], e)
+				return b
+			})
+		}
+		if b := mod(func(b []byte) []byte { b[0] = f.versionOK; return b }); !bytes.Equal(b, valid) {
+			t.Fatalf("%s: re-sealing changed a valid encoding", f.name)
+		}
+		for name, data := range cases {
+			target := newState(t, cfg, 1)
+			before, _ := target.MarshalBinary()
+			err := target.UnmarshalBinary(data)
+			if !errors.Is(err, ErrCorruptState) {
+				t.Errorf("%s: %s: err = %v, want ErrCorruptState", f.name, name, err)
+			}
+			after, _ := target.MarshalBinary()
+			if !bytes.Equal(before, after) {
+				t.Errorf("%s: %s: failed UnmarshalBinary modified the state", f.name, name)
+			}
 		}
 	}
 }
@@ -892,6 +926,12 @@ func TestUniformIndex(t *testing.T) {
 	}
 }
 
+// FuzzStateUnmarshal decodes arbitrary bytes: no panic, only
+// ErrCorruptState, and every decoded state re-encodes (in version 2) to
+// bytes that decode to the same state. A version-2 input that decodes is
+// canonical: it re-encodes to itself. Inputs starting with version 2 are
+// also decoded with their checksum recomputed, so that mutations reach the
+// structural checks behind the checksum.
 func FuzzStateUnmarshal(f *testing.F) {
 	cfg := omemo2Config()
 	s, err := NewState(cfg, xeddsa.PrivFromSeed([32]byte{1}), 3, testNow, nil)
@@ -900,27 +940,46 @@ func FuzzStateUnmarshal(f *testing.F) {
 	}
 	data, _ := s.MarshalBinary()
 	f.Add(data)
+	f.Add(marshalV1(f, s))
 	s.HidePreKey(2)
 	_ = s.RotateSignedPreKey(cfg, testNow, nil)
 	data, _ = s.MarshalBinary()
 	f.Add(data)
+	f.Add(marshalV1(f, s))
+	empty, _ := NewState(cfg, xeddsa.PrivFromSeed([32]byte{2}), 0, testNow, nil)
+	data, _ = empty.MarshalBinary()
+	f.Add(data)
+	f.Add(marshalV1(f, empty))
+	for _, fx := range fixtures {
+		f.Add(readFixture(f, fx.file))
+	}
 	f.Add([]byte{1})
+	f.Add([]byte{2})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var s State
-		if err := s.UnmarshalBinary(data); err != nil {
-			if !errors.Is(err, ErrCorruptState) {
-				t.Fatalf("untyped error: %v", err)
+		check := func(data []byte) {
+			var s State
+			if err := s.UnmarshalBinary(data); err != nil {
+				if !errors.Is(err, ErrCorruptState) {
+					t.Fatalf("untyped error: %v", err)
+				}
+				return
 			}
-			return
+			out, err := s.MarshalBinary()
+			if err != nil {
+				t.Fatalf("decoded state does not re-encode: %v", err)
+			}
+			if data[0] == stateVersion && !bytes.Equal(out, data) {
+				t.Fatal("version-2 encoding is not canonical")
+			}
+			var s2 State
+			if err := s2.UnmarshalBinary(out); err != nil || !reflect.DeepEqual(&s, &s2) {
+				t.Fatalf("re-encoded state does not round trip: %v", err)
+			}
 		}
-		out, err := s.MarshalBinary()
-		if err != nil {
-			t.Fatalf("decoded state does not re-encode: %v", err)
-		}
-		var s2 State
-		if err := s2.UnmarshalBinary(out); err != nil || !reflect.DeepEqual(&s, &s2) {
-			t.Fatalf("re-encoded state does not round trip: %v", err)
+		check(data)
+		if len(data) > 0 && data[0] == stateVersion {
+			check(reseal(data))
 		}
 	})
 }
