@@ -9,17 +9,21 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// FormatVersion is the version of the persistent file format written by
-// this package. Open refuses files with a larger version (ErrVersion) and
+// FormatVersion is the version of the single-account file format written
+// by Open. Open refuses files with a larger version (ErrVersion) and
 // migrates files with a smaller one.
 const FormatVersion uint64 = 1
+
+// AccountsFormatVersion is the version of the multi-account file format
+// written by OpenAccounts, which is versioned (and migrated) separately
+// from the single-account format.
+const AccountsFormatVersion uint64 = 1
 
 const initialMmapSize = 1 << 20
 
@@ -32,11 +36,13 @@ const DefaultLockTimeout = time.Second
 const FileMode os.FileMode = 0o600
 
 var (
-	metaBucket = []byte("meta")
-	dataBucket = []byte("data")
-	versionKey = []byte("version")
-	formatKey  = []byte("format")
-	formatName = []byte("mellium.im/omemo/store")
+	metaBucket         = []byte("meta")
+	dataBucket         = []byte("data")
+	accountsBucket     = []byte("accounts")
+	versionKey         = []byte("version")
+	formatKey          = []byte("format")
+	formatName         = []byte("mellium.im/omemo/store")
+	accountsFormatName = []byte("mellium.im/omemo/store/accounts")
 )
 
 // migration upgrades the file from one format version to the next. It runs
@@ -49,12 +55,47 @@ type migration func(tx *bolt.Tx) error
 // FormatVersion and register the migration from the previous version here.
 var migrations = map[uint64]migration{}
 
-// Options configures Open. The zero value (or a nil *Options) gives the
-// safe defaults.
+// accountsMigrations is migrations for the multi-account format
+// (AccountsFormatVersion).
+var accountsMigrations = map[uint64]migration{}
+
+// layout is a kind of store file. Both kinds have a meta bucket with the
+// format identifier and version; a single-account file (Open) keeps its
+// keys in the data bucket, a multi-account file (OpenAccounts) has an
+// accounts bucket holding one nested bucket per non-empty account, named
+// by the account name. The identifiers differ, so that each kind is
+// refused by the function that opens the other with ErrVersion (and by
+// versions of this package that predate multi-account files with
+// ErrCorrupt), never misread.
+type layout struct {
+	kind       string // for messages
+	opener     string // the function that opens such files, for messages
+	name       []byte // format identifier
+	bucket     []byte // the top-level bucket of the data
+	version    uint64 // current format version
+	migrations map[uint64]migration
+}
+
+var (
+	singleLayout = layout{
+		kind: "single-account", opener: "Open",
+		name: formatName, bucket: dataBucket,
+		version: FormatVersion, migrations: migrations,
+	}
+	accountsLayout = layout{
+		kind: "multi-account", opener: "OpenAccounts",
+		name: accountsFormatName, bucket: accountsBucket,
+		version: AccountsFormatVersion, migrations: accountsMigrations,
+	}
+	layouts = []*layout{&singleLayout, &accountsLayout}
+)
+
+// Options configures Open and OpenAccounts. The zero value (or a nil
+// *Options) gives the safe defaults.
 type Options struct {
-	// LockTimeout is how long Open waits for another process (or another
-	// Open in this process) to release the store's exclusive file lock
-	// before failing with ErrLocked. Zero means DefaultLockTimeout (1s); a
+	// LockTimeout is how long Open (or OpenAccounts) waits for another
+	// process (or another open in this process) to release the store's
+	// exclusive file lock before failing with ErrLocked. Zero means DefaultLockTimeout (1s); a
 	// negative value means fail at once if the file is locked.
 	LockTimeout time.Duration
 
@@ -73,13 +114,26 @@ type Options struct {
 // Bolt is the persistent [Store], a single bbolt file. See the package
 // documentation for the guarantees. It is safe for concurrent use.
 type Bolt struct {
+	s boltStore
+}
+
+// boltFile is an open bbolt file, shared by the stores on it: the Bolt of
+// a single-account file, or the account stores of a BoltAccounts.
+type boltFile struct {
 	db       *bolt.DB
 	readOnly bool
-	lc       lifecycle
-	wlock    writeLock
+	wlock    writeLock // bbolt has a single writer; waiting for it honours ctx
+}
 
-	commits   atomic.Uint64
-	rollbacks atomic.Uint64
+// boltStore is a Store on a boltFile: the data bucket of a single-account
+// file, or the bucket of one account (created by its first write, and
+// deleted by the transaction that empties it).
+type boltStore struct {
+	file    *boltFile
+	account string // the account name, or "" for the data bucket
+	lc      lifecycle
+	counters
+	faults
 }
 
 // Open opens (creating it if needed, with permissions 0600) the persistent
@@ -103,6 +157,18 @@ type Bolt struct {
 // not detected. An empty file is initialised as a new store, like a missing
 // one (read-only, it is refused).
 func Open(path string, opts *Options) (*Bolt, error) {
+	f, err := openLayout(path, opts, singleLayout)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bolt{s: boltStore{file: f}}
+	b.s.lc.init()
+	return b, nil
+}
+
+// openLayout opens, checks and if needed initialises or migrates a file of
+// layout l.
+func openLayout(path string, opts *Options, l layout) (*boltFile, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -138,13 +204,11 @@ func Open(path string, opts *Options) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, mapOpenError(err))
 	}
-	if err := prepare(db, o.ReadOnly, FormatVersion, migrations); err != nil {
+	if err := prepare(db, o.ReadOnly, l); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	b := &Bolt{db: db, readOnly: o.ReadOnly, wlock: make(writeLock, 1)}
-	b.lc.init()
-	return b, nil
+	return &boltFile{db: db, readOnly: o.ReadOnly, wlock: make(writeLock, 1)}, nil
 }
 
 // openBolt is bolt.Open behind a guard. The file was validated by openFile,
@@ -220,12 +284,12 @@ func mapOpenError(err error) error {
 	return err
 }
 
-// readFormat checks the meta bucket. fresh reports a bbolt file that was
-// just created: no buckets at all, and no transaction committed since bbolt
-// wrote its two initial meta pages (transactions 0 and 1). A store that
-// lost its buckets after that is damaged, not new, and must not be
-// initialised over.
-func readFormat(tx *bolt.Tx) (version uint64, fresh bool, err error) {
+// readFormat checks the meta bucket of a file of layout l. fresh reports a
+// bbolt file that was just created: no buckets at all, and no transaction
+// committed since bbolt wrote its two initial meta pages (transactions 0
+// and 1). A store that lost its buckets after that is damaged, not new,
+// and must not be initialised over.
+func readFormat(tx *bolt.Tx, l layout) (version uint64, fresh bool, err error) {
 	meta := tx.Bucket(metaBucket)
 	if meta == nil {
 		c := tx.Cursor()
@@ -241,7 +305,12 @@ func readFormat(tx *bolt.Tx) (version uint64, fresh bool, err error) {
 		}
 		return 0, true, nil
 	}
-	if !bytes.Equal(meta.Get(formatKey), formatName) {
+	if id := meta.Get(formatKey); !bytes.Equal(id, l.name) {
+		for _, o := range layouts {
+			if bytes.Equal(id, o.name) {
+				return 0, false, fmt.Errorf("%w: a %s store, not a %s one: open it with %s", ErrVersion, o.kind, l.kind, o.opener)
+			}
+		}
 		return 0, false, fmt.Errorf("%w: unknown format identifier", ErrCorrupt)
 	}
 	v := meta.Get(versionKey)
@@ -252,8 +321,8 @@ func readFormat(tx *bolt.Tx) (version uint64, fresh bool, err error) {
 	if version == 0 {
 		return 0, false, fmt.Errorf("%w: format version 0", ErrCorrupt)
 	}
-	if tx.Bucket(dataBucket) == nil {
-		return 0, false, fmt.Errorf("%w: no data bucket", ErrCorrupt)
+	if tx.Bucket(l.bucket) == nil {
+		return 0, false, fmt.Errorf("%w: no %s bucket", ErrCorrupt, l.bucket)
 	}
 	return version, false, nil
 }
@@ -264,16 +333,18 @@ func putVersion(meta *bolt.Bucket, v uint64) error {
 	return meta.Put(versionKey, b[:])
 }
 
-// prepare initialises a fresh file or checks (and, if writable, migrates) an
-// existing one to version target using the migrations in table.
-func prepare(db *bolt.DB, readOnly bool, target uint64, table map[uint64]migration) (err error) {
+// prepare initialises a fresh file as layout l, or checks (and, if
+// writable, migrates) an existing one to version l.version using the
+// migrations in l.migrations.
+func prepare(db *bolt.DB, readOnly bool, l layout) (err error) {
 	defer guard(&err, trap())
+	target := l.version
 	var (
 		version uint64
 		fresh   bool
 	)
 	if err := db.View(func(tx *bolt.Tx) error {
-		version, fresh, err = readFormat(tx)
+		version, fresh, err = readFormat(tx, l)
 		return err
 	}); err != nil {
 		return err
@@ -290,7 +361,7 @@ func prepare(db *bolt.DB, readOnly bool, target uint64, table map[uint64]migrati
 	}
 	return db.Update(func(tx *bolt.Tx) error {
 		// Re-read under the write transaction: this is the state we change.
-		version, fresh, err := readFormat(tx)
+		version, fresh, err := readFormat(tx, l)
 		if err != nil {
 			return err
 		}
@@ -299,16 +370,16 @@ func prepare(db *bolt.DB, readOnly bool, target uint64, table map[uint64]migrati
 			if err != nil {
 				return err
 			}
-			if _, err := tx.CreateBucket(dataBucket); err != nil {
+			if _, err := tx.CreateBucket(l.bucket); err != nil {
 				return err
 			}
-			if err := meta.Put(formatKey, formatName); err != nil {
+			if err := meta.Put(formatKey, l.name); err != nil {
 				return err
 			}
 			return putVersion(meta, target)
 		}
 		for v := version; v < target; v++ {
-			m := table[v]
+			m := l.migrations[v]
 			if m == nil {
 				return fmt.Errorf("%w: no migration from version %d", ErrVersion, v)
 			}
@@ -347,23 +418,48 @@ func guard(err *error, prevTrap bool) {
 func trap() bool { return debug.SetPanicOnFault(true) }
 
 // Path returns the file name of the store.
-func (b *Bolt) Path() string { return b.db.Path() }
+func (b *Bolt) Path() string { return b.s.file.db.Path() }
 
 // Stats returns the store's counters.
-func (b *Bolt) Stats() Stats {
-	return Stats{Commits: b.commits.Load(), Rollbacks: b.rollbacks.Load()}
-}
+func (b *Bolt) Stats() Stats { return b.s.stats() }
 
 // View implements [Store.View].
-func (b *Bolt) View(ctx context.Context, f func(Tx) error) error {
+func (b *Bolt) View(ctx context.Context, f func(Tx) error) error { return b.s.view(ctx, f) }
+
+// Update implements [Store.Update]. When it returns nil the transaction has
+// been written and fsync'd (unless Options.NoSync was set).
+func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error { return b.s.update(ctx, f) }
+
+// Close implements [Store.Close]: it waits for running transactions, then
+// closes the file and releases its lock.
+func (b *Bolt) Close() error {
+	if !b.s.lc.close() {
+		return nil
+	}
+	return b.s.file.close()
+}
+
+// Check verifies the consistency of the whole file (page reachability,
+// freelist, key order) in a read-only transaction. It returns an error
+// wrapping ErrCorrupt describing the first problems found. Updates wait
+// while it runs (it reads state that a commit changes); it gives up with
+// ctx.Err() if ctx is done while it waits for a running Update.
+func (b *Bolt) Check(ctx context.Context) error {
+	return b.s.file.check(ctx, &b.s.lc, singleLayout)
+}
+
+func (s *boltStore) view(ctx context.Context, f func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := b.lc.enter(); err != nil {
+	if err := s.lc.enter(); err != nil {
 		return err
 	}
-	defer b.lc.leave()
-	btx, err := b.begin(false)
+	defer s.lc.leave()
+	if err := s.at(faultBegin); err != nil {
+		return err
+	}
+	btx, err := s.file.begin(false)
 	if err != nil {
 		return err
 	}
@@ -372,37 +468,38 @@ func (b *Bolt) View(ctx context.Context, f func(Tx) error) error {
 		tx.done = true
 		_ = btx.Rollback()
 	}()
-	if tx.bkt, err = data(btx); err != nil {
+	if err := tx.open(btx, s.account); err != nil {
 		return err
 	}
 	return f(tx)
 }
 
-// Update implements [Store.Update]. When it returns nil the transaction has
-// been written and fsync'd (unless Options.NoSync was set).
-func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
+func (s *boltStore) update(ctx context.Context, f func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := b.lc.enter(); err != nil {
+	if err := s.lc.enter(); err != nil {
 		return err
 	}
-	defer b.lc.leave()
-	if b.readOnly {
+	defer s.lc.leave()
+	if s.file.readOnly {
 		return fmt.Errorf("%w: store was opened read-only", ErrReadOnly)
 	}
-	if err := b.wlock.acquire(ctx, b.lc.closing); err != nil {
+	if err := s.file.wlock.acquire(ctx, s.lc.closing); err != nil {
 		return err
 	}
-	defer b.wlock.release()
+	defer s.file.wlock.release()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	btx, err := b.begin(true)
+	if err := s.at(faultBegin); err != nil {
+		return err
+	}
+	btx, err := s.file.begin(true)
 	if err != nil {
 		return err
 	}
-	tx := &boltTx{txState: txState{writable: true}}
+	tx := &boltTx{txState: txState{writable: true}, faults: &s.faults}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -410,10 +507,10 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 			// After a failed Commit bbolt has already rolled back and
 			// this returns ErrTxClosed.
 			_ = btx.Rollback()
-			b.rollbacks.Add(1)
+			s.rollbacks.Add(1)
 		}
 	}()
-	if tx.bkt, err = data(btx); err != nil {
+	if err := tx.open(btx, s.account); err != nil {
 		return err
 	}
 	if err := f(tx); err != nil {
@@ -422,21 +519,18 @@ func (b *Bolt) Update(ctx context.Context, f func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := tx.finish(); err != nil {
+		return err
+	}
+	if err := s.at(faultCommit); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
 	if err := commit(btx); err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
 	committed = true
-	b.commits.Add(1)
+	s.commits.Add(1)
 	return nil
-}
-
-// data returns the data bucket of btx.
-func data(btx *bolt.Tx) (bkt *bolt.Bucket, err error) {
-	defer guard(&err, trap())
-	if bkt = btx.Bucket(dataBucket); bkt == nil {
-		return nil, fmt.Errorf("%w: no data bucket", ErrCorrupt)
-	}
-	return bkt, nil
 }
 
 func commit(btx *bolt.Tx) (err error) {
@@ -444,9 +538,9 @@ func commit(btx *bolt.Tx) (err error) {
 	return btx.Commit()
 }
 
-func (b *Bolt) begin(writable bool) (btx *bolt.Tx, err error) {
+func (f *boltFile) begin(writable bool) (btx *bolt.Tx, err error) {
 	defer guard(&err, trap())
-	btx, err = b.db.Begin(writable)
+	btx, err = f.db.Begin(writable)
 	switch {
 	case err == nil:
 		return btx, nil
@@ -458,30 +552,33 @@ func (b *Bolt) begin(writable bool) (btx *bolt.Tx, err error) {
 	return nil, fmt.Errorf("store: begin transaction: %w", err)
 }
 
-// Close implements [Store.Close]: it waits for running transactions, then
-// closes the file and releases its lock.
-func (b *Bolt) Close() error {
-	if !b.lc.close() {
-		return nil
-	}
-	if err := b.db.Close(); err != nil {
+func (f *boltFile) close() error {
+	if err := f.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
 	return nil
 }
 
-// Check verifies the consistency of the whole file (page reachability,
-// freelist, key order) in a read-only transaction. It returns an error
-// wrapping ErrCorrupt describing the first problems found.
-func (b *Bolt) Check(ctx context.Context) error {
+// check verifies the file (see Bolt.Check), registered as a transaction of
+// lc.
+//
+// It holds the write lock meanwhile: bbolt's Tx.Check reads the freelist,
+// which a committing writer changes, so in a read-only transaction it is
+// only safe (free of a data race on a map, and of spurious reports of
+// freed or unreachable pages) while no writer runs.
+func (f *boltFile) check(ctx context.Context, lc *lifecycle, l layout) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := b.lc.enter(); err != nil {
+	if err := lc.enter(); err != nil {
 		return err
 	}
-	defer b.lc.leave()
-	btx, err := b.begin(false)
+	defer lc.leave()
+	if err := f.wlock.acquire(ctx, lc.closing); err != nil {
+		return err
+	}
+	defer f.wlock.release()
+	btx, err := f.begin(false)
 	if err != nil {
 		return err
 	}
@@ -495,18 +592,93 @@ func (b *Bolt) Check(ctx context.Context) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(errs...))
 	}
-	return checkFormat(btx)
+	return checkFormat(btx, l)
 }
 
-func checkFormat(btx *bolt.Tx) (err error) {
+func checkFormat(btx *bolt.Tx, l layout) (err error) {
 	defer guard(&err, trap())
-	_, _, err = readFormat(btx)
-	return err
+	if _, _, err = readFormat(btx, l); err != nil {
+		return err
+	}
+	if bytes.Equal(l.bucket, accountsBucket) {
+		return checkAccounts(btx.Bucket(accountsBucket))
+	}
+	return nil
+}
+
+// checkAccounts checks the accounts bucket of a multi-account file: every
+// entry is the bucket of an account with a valid name, holding keys and
+// values only.
+func checkAccounts(parent *bolt.Bucket) error {
+	c := parent.Cursor()
+	n := 0
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+		b := parent.Bucket(k)
+		if b == nil {
+			return fmt.Errorf("%w: entry %d of the accounts bucket is not an account", ErrCorrupt, n)
+		}
+		if err := CheckAccountName(string(k)); err != nil {
+			return fmt.Errorf("%w: account %d has an invalid name: %w", ErrCorrupt, n, err)
+		}
+		ac := b.Cursor()
+		for k, v := ac.First(); k != nil; k, v = ac.Next() {
+			if v == nil && b.Bucket(k) != nil {
+				return fmt.Errorf("%w: account %d contains a bucket", ErrCorrupt, n)
+			}
+		}
+	}
+	return nil
 }
 
 type boltTx struct {
 	txState
-	bkt *bolt.Bucket
+	// bkt holds the store's keys. It is nil for an account that has no
+	// bucket (no keys) yet: parent is then where its first Put creates
+	// it.
+	bkt     *bolt.Bucket
+	parent  *bolt.Bucket // the accounts bucket, for an account's store
+	account string
+	deleted bool    // an account's transaction deleted keys (see finish)
+	faults  *faults // nil for a View
+}
+
+// open locates the store's keys in btx: the data bucket, or the bucket of
+// the account.
+func (tx *boltTx) open(btx *bolt.Tx, account string) (err error) {
+	defer guard(&err, trap())
+	if account == "" {
+		if tx.bkt = btx.Bucket(dataBucket); tx.bkt == nil {
+			return fmt.Errorf("%w: no data bucket", ErrCorrupt)
+		}
+		return nil
+	}
+	if tx.parent = btx.Bucket(accountsBucket); tx.parent == nil {
+		return fmt.Errorf("%w: no accounts bucket", ErrCorrupt)
+	}
+	tx.account = account
+	name := []byte(account)
+	if tx.bkt = tx.parent.Bucket(name); tx.bkt == nil {
+		if k, _ := tx.parent.Cursor().Seek(name); bytes.Equal(k, name) {
+			return fmt.Errorf("%w: the entry of the account is not a bucket", ErrCorrupt)
+		}
+	}
+	return nil
+}
+
+// finish runs before an account's transaction commits: it deletes the
+// account's bucket if the transaction emptied it, so that an account
+// without keys leaves nothing in the file.
+func (tx *boltTx) finish() (err error) {
+	if tx.parent == nil || tx.bkt == nil || !tx.deleted {
+		return nil
+	}
+	defer guard(&err, trap())
+	if k, _ := tx.bkt.Cursor().First(); k != nil {
+		return nil
+	}
+	tx.bkt = nil
+	return tx.parent.DeleteBucket([]byte(tx.account))
 }
 
 func (tx *boltTx) Get(key string) (v []byte, err error) {
@@ -515,6 +687,9 @@ func (tx *boltTx) Get(key string) (v []byte, err error) {
 	}
 	if err := checkKey(key); err != nil {
 		return nil, err
+	}
+	if tx.bkt == nil {
+		return nil, notFound(key)
 	}
 	defer guard(&err, trap())
 	// Seek rather than Bucket.Get so that an empty value is told apart from
@@ -536,7 +711,15 @@ func (tx *boltTx) Put(key string, value []byte) (err error) {
 	if err := checkValue(value); err != nil {
 		return err
 	}
+	if err := tx.faults.at(faultWrite); err != nil {
+		return err
+	}
 	defer guard(&err, trap())
+	if tx.bkt == nil {
+		if tx.bkt, err = tx.parent.CreateBucket([]byte(tx.account)); err != nil {
+			return fmt.Errorf("store: creating the bucket of the account: %w", err)
+		}
+	}
 	// bbolt keeps references to key and value until commit, so give it
 	// private copies.
 	return tx.bkt.Put([]byte(key), clone(value))
@@ -549,7 +732,14 @@ func (tx *boltTx) Delete(key string) (err error) {
 	if err := checkKey(key); err != nil {
 		return err
 	}
+	if err := tx.faults.at(faultWrite); err != nil {
+		return err
+	}
+	if tx.bkt == nil {
+		return nil
+	}
 	defer guard(&err, trap())
+	tx.deleted = true
 	return tx.bkt.Delete([]byte(key))
 }
 
@@ -568,6 +758,9 @@ func step(move func() ([]byte, []byte), prefix []byte) (key string, value []byte
 func (tx *boltTx) Scan(prefix string, f func(key string, value []byte) error) error {
 	if tx.done {
 		return ErrTxDone
+	}
+	if tx.bkt == nil {
+		return nil
 	}
 	tx.scanning++
 	defer func() { tx.scanning-- }()
@@ -589,7 +782,14 @@ func (tx *boltTx) DeletePrefix(prefix string) (err error) {
 	if err := tx.writeable(); err != nil {
 		return err
 	}
+	if err := tx.faults.at(faultWrite); err != nil {
+		return err
+	}
+	if tx.bkt == nil {
+		return nil
+	}
 	defer guard(&err, trap())
+	tx.deleted = true
 	p := []byte(prefix)
 	// Collect first: deleting while iterating a bbolt cursor can skip keys.
 	var keys [][]byte

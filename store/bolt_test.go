@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -163,6 +164,13 @@ func TestBoltVersion(t *testing.T) {
 	}
 }
 
+// withVersion returns l as if its current version were v, with the
+// migrations in table.
+func withVersion(l layout, v uint64, table map[uint64]migration) layout {
+	l.version, l.migrations = v, table
+	return l
+}
+
 func TestBoltMigrations(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
 	s := openT(t, path, nil)
@@ -200,7 +208,7 @@ func TestBoltMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := prepare(db, true, 3, table); !errors.Is(err, ErrVersion) {
+	if err := prepare(db, true, withVersion(singleLayout, 3, table)); !errors.Is(err, ErrVersion) {
 		t.Fatalf("read-only migration = %v, want ErrVersion", err)
 	}
 	db.Close()
@@ -209,11 +217,11 @@ func TestBoltMigrations(t *testing.T) {
 	errFail := errors.New("fail")
 	failing := map[uint64]migration{1: table[1], 2: func(*bolt.Tx) error { return errFail }}
 	db = open()
-	if err := prepare(db, false, 3, failing); !errors.Is(err, errFail) {
+	if err := prepare(db, false, withVersion(singleLayout, 3, failing)); !errors.Is(err, errFail) {
 		t.Fatalf("failing migration = %v", err)
 	}
 	// A missing step is refused.
-	if err := prepare(db, false, 4, table); !errors.Is(err, ErrVersion) {
+	if err := prepare(db, false, withVersion(singleLayout, 4, table)); !errors.Is(err, ErrVersion) {
 		t.Fatalf("migration with a missing step = %v, want ErrVersion", err)
 	}
 	db.Close()
@@ -228,7 +236,7 @@ func TestBoltMigrations(t *testing.T) {
 
 	ran = nil
 	db = open()
-	if err := prepare(db, false, 3, table); err != nil {
+	if err := prepare(db, false, withVersion(singleLayout, 3, table)); err != nil {
 		t.Fatalf("migration: %v", err)
 	}
 	db.Close()
@@ -241,7 +249,7 @@ func TestBoltMigrations(t *testing.T) {
 	// Already current: nothing runs.
 	ran = nil
 	db = open()
-	if err := prepare(db, false, 3, table); err != nil || len(ran) != 0 {
+	if err := prepare(db, false, withVersion(singleLayout, 3, table)); err != nil || len(ran) != 0 {
 		t.Fatalf("prepare at current version: %v, ran %v", err, ran)
 	}
 	db.Close()
@@ -360,5 +368,47 @@ func TestBoltLargeValues(t *testing.T) {
 	v, err := get(t, s, "big")
 	if err != nil || v != string(big) {
 		t.Fatalf("big value differs after reopen (%v)", err)
+	}
+}
+
+// TestBoltCheckConcurrent runs Check while Updates commit. bbolt's
+// Tx.Check reads the freelist, which a committing writer changes, so Check
+// must not run at the same time as a commit (a data race on a map, which
+// can crash the process, and spurious reports of unreachable pages).
+func TestBoltCheckConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	s := openT(t, path, &Options{NoSync: true})
+	defer s.Close()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			// Rewrites and deletions free pages on every commit.
+			if err := s.Update(bg, func(tx Tx) error {
+				if err := tx.Put(fmt.Sprintf("k/%d", i%50), make([]byte, 100+i%3000)); err != nil {
+					return err
+				}
+				return tx.Delete(fmt.Sprintf("k/%d", (i+25)%50))
+			}); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for range 200 {
+		if err := s.Check(bg); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -58,6 +58,27 @@
 // to N+1, each in turn) inside one transaction, so an interrupted upgrade
 // leaves the old version in place.
 //
+// # Many accounts
+//
+// A process that serves many XMPP accounts (a gateway, a bot host) would
+// need one file, one file descriptor, one memory map and one lock per
+// account with [Open]. [Accounts] keeps them all in one database instead:
+// Accounts.Account returns the [Store] of one account, leased to its
+// caller until its Close (a second Account for the same name fails with
+// [ErrLocked]), and each account's Store sees and changes only that
+// account's keys. [NewMemoryAccounts] keeps them in memory; [OpenAccounts]
+// keeps them in one bbolt file, with one bucket per account that has keys,
+// the same file lock, checks and crash guarantees as [Open], and a format
+// of its own (a multi-account file and a single-account file are each
+// refused, with [ErrVersion], by the function that opens the other kind).
+// Opening an account costs no I/O and a few hundred bytes of memory. bbolt
+// has a single writer, so the Updates of all the accounts of a file are
+// serialised, each with its own commit.
+//
+// Package mellium.im/omemo/store/storetest is the conformance suite that
+// every implementation of Store and Accounts, in this module or outside,
+// runs from its tests.
+//
 // # Concurrency
 //
 // Stores are safe for concurrent use by many goroutines. Read-only

@@ -3,10 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"strings"
 	"sync"
-	"sync/atomic"
 )
 
 // Memory is an in-memory [Store] with the same transactional semantics as
@@ -32,8 +32,13 @@ type Memory struct {
 
 	gen uint64 // generation of the last read-write transaction; guarded by wlock
 
-	commits   atomic.Uint64
-	rollbacks atomic.Uint64
+	counters
+	faults
+
+	// owner and name are set for the store of an account of a
+	// MemoryAccounts, to which Close hands the state back.
+	owner *MemoryAccounts
+	name  string
 }
 
 // node is a treap node: a binary search tree by key and a max-heap by prio.
@@ -49,10 +54,12 @@ type node struct {
 }
 
 // NewMemory returns an empty in-memory store.
-func NewMemory() *Memory {
+func NewMemory() *Memory { return newMemory(maphash.MakeSeed()) }
+
+func newMemory(seed maphash.Seed) *Memory {
 	m := &Memory{
 		wlock: make(writeLock, 1),
-		seed:  maphash.MakeSeed(),
+		seed:  seed,
 	}
 	m.lc.init()
 	return m
@@ -73,6 +80,9 @@ func (s *Memory) View(ctx context.Context, f func(Tx) error) error {
 		return err
 	}
 	defer s.lc.leave()
+	if err := s.at(faultBegin); err != nil {
+		return err
+	}
 	tx := &memTx{root: s.snapshot()}
 	defer func() { tx.done = true }()
 	return f(tx)
@@ -91,10 +101,13 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 		return err
 	}
 	defer s.wlock.release()
+	if err := s.at(faultBegin); err != nil {
+		return err
+	}
 
 	s.gen++
 	base := s.snapshot()
-	tx := &memTx{txState: txState{writable: true}, root: base, gen: s.gen, seed: s.seed}
+	tx := &memTx{txState: txState{writable: true}, root: base, gen: s.gen, seed: s.seed, faults: &s.faults}
 	committed := false
 	defer func() {
 		tx.done = true
@@ -111,6 +124,9 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.at(faultCommit); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
 	if tx.root != base {
 		s.mu.Lock()
 		s.root = tx.root
@@ -122,26 +138,31 @@ func (s *Memory) Update(ctx context.Context, f func(Tx) error) error {
 }
 
 // Close implements [Store.Close]. It waits for running transactions and
-// drops the contents.
+// drops the contents (for the store of an account of a [MemoryAccounts],
+// it releases the account, whose contents are kept).
 func (s *Memory) Close() error {
-	if s.lc.close() {
-		s.mu.Lock()
-		s.root = nil
-		s.mu.Unlock()
+	if !s.lc.close() {
+		return nil
+	}
+	s.mu.Lock()
+	root := s.root
+	s.root = nil
+	s.mu.Unlock()
+	if s.owner != nil {
+		s.owner.release(s, root)
 	}
 	return nil
 }
 
 // Stats returns the store's counters.
-func (s *Memory) Stats() Stats {
-	return Stats{Commits: s.commits.Load(), Rollbacks: s.rollbacks.Load()}
-}
+func (s *Memory) Stats() Stats { return s.stats() }
 
 type memTx struct {
 	txState
-	root *node  // the transaction's current state
-	gen  uint64 // generation of a read-write transaction, 0 for a View
-	seed maphash.Seed
+	root   *node  // the transaction's current state
+	gen    uint64 // generation of a read-write transaction, 0 for a View
+	seed   maphash.Seed
+	faults *faults // nil for a View
 }
 
 func (tx *memTx) Get(key string) ([]byte, error) {
@@ -174,6 +195,9 @@ func (tx *memTx) Put(key string, value []byte) error {
 	if err := checkValue(value); err != nil {
 		return err
 	}
+	if err := tx.faults.at(faultWrite); err != nil {
+		return err
+	}
 	tx.root = tx.insert(tx.root, key, clone(value), maphash.String(tx.seed, key))
 	return nil
 }
@@ -183,6 +207,9 @@ func (tx *memTx) Delete(key string) error {
 		return err
 	}
 	if err := checkKey(key); err != nil {
+		return err
+	}
+	if err := tx.faults.at(faultWrite); err != nil {
 		return err
 	}
 	tx.root, _ = tx.remove(tx.root, key)
@@ -205,6 +232,9 @@ func (tx *memTx) Scan(prefix string, f func(key string, value []byte) error) err
 
 func (tx *memTx) DeletePrefix(prefix string) error {
 	if err := tx.writeable(); err != nil {
+		return err
+	}
+	if err := tx.faults.at(faultWrite); err != nil {
 		return err
 	}
 	if prefix == "" {
@@ -329,4 +359,99 @@ func walk(n *node, prefix string, f func(*node) error) (bool, error) {
 		n = n.right
 	}
 	return false, nil
+}
+
+// MemoryAccounts is an in-memory [Accounts]: the state of each account is
+// kept in memory like a [Memory] store's, and lost when the process exits.
+// It is meant for tests and for gateways that keep no state.
+//
+// The Store of an account is a *Memory, whose Close releases the account
+// and keeps its state for the next Account. Accounts are independent
+// stores: transactions of different accounts run concurrently. An
+// account that is open costs a few hundred bytes besides its keys; one
+// that is not costs its keys and a map entry, and an empty one nothing.
+type MemoryAccounts struct {
+	seed maphash.Seed // shared by the accounts' trees
+
+	mu     sync.Mutex
+	closed bool
+	held   map[string]*Memory   // the open accounts
+	idle   map[string]memRecord // the state of the other non-empty accounts
+}
+
+// memRecord is the state of an account that is not open: its tree, and
+// the generation of its last transaction, which the next transaction on
+// the tree must exceed (nodes of the current generation are modified in
+// place).
+type memRecord struct {
+	root *node
+	gen  uint64
+}
+
+// NewMemoryAccounts returns an empty in-memory Accounts.
+func NewMemoryAccounts() *MemoryAccounts {
+	return &MemoryAccounts{
+		seed: maphash.MakeSeed(),
+		held: map[string]*Memory{},
+		idle: map[string]memRecord{},
+	}
+}
+
+// Account implements [Accounts.Account]. It never waits: an account that
+// is open fails at once with ErrLocked.
+func (a *MemoryAccounts) Account(ctx context.Context, name string) (Store, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := CheckAccountName(name); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, ErrClosed
+	}
+	if _, ok := a.held[name]; ok {
+		return nil, fmt.Errorf("%w: the account is open", ErrLocked)
+	}
+	r := a.idle[name]
+	delete(a.idle, name)
+	m := newMemory(a.seed)
+	m.root, m.gen = r.root, r.gen
+	m.owner, m.name = a, name
+	a.held[name] = m
+	return m, nil
+}
+
+// release takes back the state of an account whose store was closed.
+func (a *MemoryAccounts) release(m *Memory, root *node) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.held[m.name] == m {
+		delete(a.held, m.name)
+	}
+	if !a.closed && root != nil {
+		a.idle[m.name] = memRecord{root: root, gen: m.gen}
+	}
+}
+
+// Close implements [Accounts.Close]: it closes the open accounts and drops
+// the state of all of them.
+func (a *MemoryAccounts) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	open := make([]*Memory, 0, len(a.held))
+	for _, m := range a.held {
+		open = append(open, m)
+	}
+	a.idle = nil
+	a.mu.Unlock()
+	for _, m := range open {
+		m.Close()
+	}
+	return nil
 }

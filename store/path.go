@@ -14,8 +14,9 @@ import (
 )
 
 // ErrInvalidAccount is returned by DefaultPath for an account that is not a
-// valid JID.
-var ErrInvalidAccount = errors.New("store: invalid account JID")
+// valid JID, and by Accounts.Account for a name that CheckAccountName
+// refuses.
+var ErrInvalidAccount = errors.New("store: invalid account")
 
 // ErrInsecureDir is returned by DefaultPath when the store directory
 // belongs to another user or its permissions cannot be restricted.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"unicode/utf8"
 )
 
 // Store is a transactional key-value store.
@@ -66,6 +69,41 @@ type Tx interface {
 	DeletePrefix(prefix string) error
 }
 
+// Accounts holds the state of many accounts, each in its own [Store], so
+// that a process serving many XMPP accounts (a gateway, a bot host) needs
+// one database rather than one per account.
+//
+// An account is named by an arbitrary string, usually its bare JID; names
+// are compared byte for byte, so callers should normalise JIDs first. See
+// [CheckAccountName] for the names that are accepted. An account has no
+// state until something is written to it, and none again once everything
+// has been deleted from it.
+//
+// The Store of an account is leased: it belongs to whoever opened it until
+// its Close, and meanwhile a second Account for the same name fails with
+// ErrLocked. This keeps two session managers from using one account's
+// state at the same time, which would corrupt it. Closing an account's
+// Store releases the lease but keeps its state. The stores of different
+// accounts are independent: a transaction of one account neither sees nor
+// changes another's keys, and DeletePrefix("") empties only its own
+// account.
+//
+// Accounts implementations are safe for concurrent use.
+type Accounts interface {
+	// Account returns the Store of the account with the given name, held
+	// exclusively until its Close. It fails with an error wrapping
+	// ErrLocked if the account is held, by this process or (for databases
+	// shared by several processes) another one; ErrInvalidAccount for an
+	// invalid name; ctx.Err() if ctx is done; ErrClosed after Close.
+	Account(ctx context.Context, name string) (Store, error)
+
+	// Close closes every account Store that is still open (waiting for
+	// their running transactions, as Store.Close does) and releases the
+	// database. Account fails with ErrClosed afterwards. Calling Close
+	// more than once is harmless.
+	Close() error
+}
+
 // Errors returned by stores. Test for them with errors.Is: they are usually
 // wrapped with context.
 var (
@@ -73,9 +111,10 @@ var (
 	ErrNotFound = errors.New("store: key not found")
 	// ErrClosed is returned when a closed store is used.
 	ErrClosed = errors.New("store: store is closed")
-	// ErrLocked is returned by Open when another process (or another Open in
-	// this process) holds the store's file lock for longer than
-	// Options.LockTimeout.
+	// ErrLocked is returned by Open and OpenAccounts when another process
+	// (or another open in this process) holds the file lock for longer
+	// than Options.LockTimeout, and by Accounts.Account when the account
+	// is held by someone else.
 	ErrLocked = errors.New("store: store is locked by another user")
 	// ErrReadOnly is returned when writing in a read-only transaction, in a
 	// transaction while a Scan is running, or to a store opened read-only.
@@ -83,6 +122,9 @@ var (
 	// ErrVersion is returned by Open when the file was written by a newer,
 	// incompatible version of this package, or needs a migration that cannot
 	// be run (no migration registered, or the store is opened read-only).
+	// It is also returned when a multi-account file is opened with Open, or
+	// a single-account file with OpenAccounts: the file is valid, but not
+	// of the kind asked for.
 	ErrVersion = errors.New("store: unsupported store format version")
 	// ErrCorrupt is returned when the file is not a valid store or its
 	// contents are damaged.
@@ -107,7 +149,30 @@ const (
 	MaxKeySize = 32768
 	// MaxValueSize is the maximum length of a value in bytes.
 	MaxValueSize = (1 << 31) - 2
+	// MaxAccountNameSize is the maximum length of an account name in
+	// bytes: enough for any bare JID (RFC 7622 allows 1023 bytes each for
+	// the localpart and the domainpart).
+	MaxAccountNameSize = 2047
 )
+
+// CheckAccountName reports whether name is a valid account name: a
+// non-empty string of valid UTF-8 of at most MaxAccountNameSize bytes,
+// without NUL characters (so that SQL databases can store it as text). It
+// returns an error wrapping ErrInvalidAccount if not. Every [Accounts]
+// implementation accepts exactly these names.
+func CheckAccountName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty name", ErrInvalidAccount)
+	case len(name) > MaxAccountNameSize:
+		return fmt.Errorf("%w: name of %d bytes exceeds %d", ErrInvalidAccount, len(name), MaxAccountNameSize)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: name is not valid UTF-8", ErrInvalidAccount)
+	case strings.IndexByte(name, 0) >= 0:
+		return fmt.Errorf("%w: name contains NUL", ErrInvalidAccount)
+	}
+	return nil
+}
 
 // Stats are counters of a store since it was opened.
 type Stats struct {
@@ -122,9 +187,48 @@ type Stats struct {
 }
 
 var (
-	_ Store = (*Memory)(nil)
-	_ Store = (*Bolt)(nil)
+	_ Store    = (*Memory)(nil)
+	_ Store    = (*Bolt)(nil)
+	_ Accounts = (*MemoryAccounts)(nil)
+	_ Accounts = (*BoltAccounts)(nil)
 )
+
+// counters are the Stats of one store.
+type counters struct {
+	commits   atomic.Uint64
+	rollbacks atomic.Uint64
+}
+
+func (c *counters) stats() Stats {
+	return Stats{Commits: c.commits.Load(), Rollbacks: c.rollbacks.Load()}
+}
+
+// faultPoint is a place where tests make a store's backend fail (see
+// faults).
+type faultPoint uint8
+
+const (
+	faultBegin  faultPoint = iota + 1 // starting a transaction
+	faultWrite                        // Put, Delete or DeletePrefix, after its argument checks
+	faultCommit                       // committing an Update
+)
+
+// faults is a test hook: if set (only by tests, through export_test.go),
+// it is asked at each faultPoint of the store whether to fail there.
+type faults struct {
+	hook atomic.Pointer[func(faultPoint) error]
+}
+
+// at returns the error to fail with at p, or nil.
+func (f *faults) at(p faultPoint) error {
+	if f == nil {
+		return nil
+	}
+	if h := f.hook.Load(); h != nil {
+		return (*h)(p)
+	}
+	return nil
+}
 
 var errModifyDuringScan = fmt.Errorf("%w: transaction modified during Scan", ErrReadOnly)
 
@@ -195,20 +299,21 @@ func (l *lifecycle) leave() {
 	l.mu.Unlock()
 }
 
-// close marks the store closed and waits for the running transactions. It
-// reports whether this was the first call.
+// close marks the store closed and waits for the running transactions
+// (also when it is not the first call, so that every Close returns only
+// once the store is idle). It reports whether this was the first call.
 func (l *lifecycle) close() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return false
+	first := !l.closed
+	if first {
+		l.closed = true
+		close(l.closing)
 	}
-	l.closed = true
-	close(l.closing)
 	for l.active > 0 {
 		l.cond.Wait()
 	}
-	return true
+	return first
 }
 
 // writeLock is a one-slot semaphore serialising read-write transactions. It
