@@ -108,6 +108,18 @@ type Config struct {
 	// that never answers then costs one failed operation, not a stalled
 	// Manager.
 	NetworkTimeout time.Duration
+	// CacheBudget bounds, in bytes, the memory the Manager keeps across
+	// calls about its peers (DefaultCacheBudget, 16 MiB, if zero): device
+	// records and device information, trust decisions, which sessions
+	// exist, deserialised sessions and bundle misses share it, and the
+	// least recently used are dropped first. Sizes are estimates that err
+	// on the large side. What is not in memory is read from the store, so
+	// the budget changes speed, never behaviour. A peer device in steady
+	// use takes about 1 KiB (most of it its deserialised session, more if
+	// the session holds skipped message keys), so the default keeps some
+	// 15000 in memory; a component talking to many more devices may raise
+	// it, a small client lower it. Negative values are invalid.
+	CacheBudget int64
 	// StartSynced starts outside history synchronisation mode. By default a
 	// Manager starts in it, as python-omemo does: call AfterHistorySync
 	// once the catch-up (MAM) after login is done.
@@ -149,6 +161,12 @@ func (c *Config) resolve() (Config, error) {
 	}
 	if r.PreKeyGrace == 0 {
 		r.PreKeyGrace = DefaultPreKeyGrace
+	}
+	if r.CacheBudget == 0 {
+		r.CacheBudget = DefaultCacheBudget
+	}
+	if r.CacheBudget < 0 {
+		return r, fmt.Errorf("%w: negative cache budget", ErrInvalidConfig)
 	}
 	if r.NetworkTimeout == 0 {
 		r.NetworkTimeout = DefaultNetworkTimeout

@@ -21,7 +21,9 @@ type Decrypted struct {
 	Namespace string
 	// Sender is the sending device. Its Level is Undecided for senders
 	// nobody decided on yet: the message is decrypted, and the application
-	// should show that it comes from an unverified device.
+	// should show that it comes from an unverified device. Its Namespaces
+	// and Active lists are shared with the Manager: they must not be
+	// modified.
 	Sender DeviceInfo
 	// KeyExchange reports that the message started (or repeated the start
 	// of) a session.

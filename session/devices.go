@@ -21,7 +21,7 @@ import (
 func getDevice(tx store.Tx, jid string, dev uint32) (deviceRecord, error) {
 	raw, err := tx.Get(keyDevice(jid, dev))
 	if errors.Is(err, store.ErrNotFound) {
-		return deviceRecord{Active: map[string]bool{}}, nil
+		return deviceRecord{}, nil
 	}
 	if err != nil {
 		return deviceRecord{}, err
@@ -116,7 +116,7 @@ func (m *Manager) RefreshDeviceListAfterRetraction(ctx context.Context, ns, jid 
 	}
 	ids := make([]uint32, 0, len(known))
 	for id, rec := range known {
-		if rec.Active[ns] && !listed[id] && id != m.devID {
+		if rec.Active.active(ns) && !listed[id] && id != m.devID {
 			ids = append(ids, id)
 		}
 	}
@@ -210,11 +210,8 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 				continue // the own record is kept by the manager itself
 			}
 			rec, ok := known[id]
-			if !ok {
-				rec = deviceRecord{Active: map[string]bool{}}
-			}
-			changed := !ok || !rec.Active[ns]
-			rec.Active[ns] = true
+			changed := !ok || !rec.Active.active(ns)
+			rec.Active.set(ns, true)
 			// An absent label means "no label support", not "cleared".
 			if d.Label != "" && (d.Label != rec.Label || string(d.LabelSignature) != string(rec.LabelSignature)) {
 				rec.Label, rec.LabelSignature = d.Label, d.LabelSignature
@@ -231,8 +228,8 @@ func (m *Manager) ingest(ctx context.Context, ns, jid string, l devicelist.List)
 			if _, ok := listed[id]; ok || (jid == m.cfg.JID && id == m.devID) {
 				continue
 			}
-			if rec.Active[ns] {
-				rec.Active[ns] = false
+			if rec.Active.active(ns) {
+				rec.Active.set(ns, false)
 				listChanged = true
 				if err := putDevice(tx, jid, id, rec); err != nil {
 					return err
@@ -287,7 +284,11 @@ func (d DeviceInfo) trustDevice() trust.Device {
 
 // sortNamespaces orders namespaces by backend priority; unknown ones last.
 func (m *Manager) sortNamespaces(nss []string) []string {
-	order := m.namespaces()
+	return sortByOrder(m.namespaces(), nss)
+}
+
+// sortByOrder orders namespaces as in order; those not in it last, by name.
+func sortByOrder(order, nss []string) []string {
 	slices.SortStableFunc(nss, func(a, b string) int {
 		ia, ib := slices.Index(order, a), slices.Index(order, b)
 		if ia < 0 {
@@ -308,14 +309,9 @@ func (m *Manager) sortNamespaces(nss []string) []string {
 // cache generation taken before tx began (see trustOf).
 func (m *Manager) info(tx store.Tx, gen uint64, jid string, id uint32, rec deviceRecord) (DeviceInfo, error) {
 	d := DeviceInfo{JID: jid, DeviceID: id, IdentityKey: rec.IdentityKey, HasIdentityKey: rec.HasIdentityKey}
-	for ns, active := range rec.Active {
-		d.Namespaces = append(d.Namespaces, ns)
-		if active {
-			d.Active = append(d.Active, ns)
-		}
-	}
-	m.sortNamespaces(d.Namespaces)
-	m.sortNamespaces(d.Active)
+	// Shared lists (see Devices): the cached information of thousands of
+	// devices holds the same few.
+	d.Namespaces, d.Active = m.order.Load().namespaceLists(rec.Active)
 	own := jid == m.cfg.JID && id == m.devID
 	if rec.LabelVerified {
 		d.Label = rec.Label
@@ -347,7 +343,7 @@ func (m *Manager) trustOf(tx store.Tx, gen uint64, jid string, ik [32]byte) (str
 		raw, err := tx.Get(keyTrust(jid, ik))
 		switch {
 		case err == nil:
-			name = string(raw)
+			name = internLevel(raw)
 			m.cache.putTrust(gen, ref, name, true)
 		case errors.Is(err, store.ErrNotFound):
 			m.cache.putTrust(gen, ref, "", false)
@@ -362,6 +358,19 @@ func (m *Manager) trustOf(tx store.Tx, gen uint64, jid string, ik [32]byte) (str
 	return name, level, nil
 }
 
+// internLevel returns a stored trust level name, without a copy of its
+// own for the levels of package trust: cached device information holds
+// one for each device.
+func internLevel(raw []byte) string {
+	for _, l := range [...]string{trust.LevelBlindlyTrusted, trust.LevelTrusted, trust.LevelDistrusted,
+		trust.LevelUndecided, trust.LevelFirstUse} {
+		if string(raw) == l {
+			return l
+		}
+	}
+	return string(raw)
+}
+
 // Devices returns every known device of jid, active or not. Identity keys
 // that are not known yet are discovered by downloading the device's bundle
 // (the bundles are kept for building sessions); devices whose identity key
@@ -371,7 +380,8 @@ func (m *Manager) Devices(ctx context.Context, jid string) ([]DeviceInfo, error)
 		return nil, err
 	}
 	infos, _, _, err := m.devices(ctx, jid, nil)
-	// The namespace lists may be shared with the read cache.
+	// The namespace lists may be shared with the read cache, and with
+	// other devices' information.
 	for i := range infos {
 		infos[i].Namespaces = slices.Clone(infos[i].Namespaces)
 		infos[i].Active = slices.Clone(infos[i].Active)
@@ -530,7 +540,7 @@ func (m *Manager) devicesOfJIDs(ctx context.Context, jids []string, cache *bundl
 				bes = m.snapshotBackends()
 			}
 			nss := []string{}
-			for ns := range rec.Active {
+			for ns := range rec.Active.all() {
 				if _, ok := bes[ns]; ok {
 					nss = append(nss, ns)
 				}

@@ -32,23 +32,24 @@ type Manager struct {
 	// forking at no measurable cost. Network round trips happen outside it.
 	mu       sync.Mutex
 	backends map[string]backends.Backend // guarded by mu
-	cache    *readCache
+	// cache holds, within Config.CacheBudget, what operations read again
+	// and again, and the deserialised sessions (cache.go).
+	cache *readCache
 	// misses defers bundle downloads of devices that had none (misses.go).
 	misses *bundleMisses
-	// loaded holds deserialised sessions by storage key, each exactly what
-	// the store holds (guarded by mu); saved collects the sessions a
-	// running transaction stores, to be kept once it commits.
-	loaded, saved map[string]backends.Session
+	// saved collects the sessions a running transaction stores, to be kept
+	// in the cache once it commits (guarded by mu).
+	saved map[string]loadedSession
 	// sessionBuf is where sessions are serialised before the store copies
 	// them; it is wiped after each use (guarded by mu).
 	sessionBuf []byte
 	// acks are inbox entries acknowledged and not deleted yet (guarded by
 	// mu; inbox.go).
 	acks []uint64
-	// order holds the loaded namespaces in priority order. The slice is
-	// never modified once stored: PurgeBackend stores a new one (under mu),
-	// so that it can be read without the lock.
-	order atomic.Pointer[[]string]
+	// order holds the loaded namespaces in priority order. It is never
+	// modified once stored: PurgeBackend stores a new one (under mu), so
+	// that it can be read without the lock.
+	order atomic.Pointer[nsOrder]
 
 	// watching holds the running background checks of the own device
 	// lists, by namespace (see watchOwnList); watchCtx ends with Close.
@@ -82,13 +83,14 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if st == nil || net == nil {
 		return nil, fmt.Errorf("%w: store and network are required", ErrInvalidConfig)
 	}
-	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: newReadCache(), misses: newBundleMisses(),
-		loaded: map[string]backends.Session{}, saved: map[string]backends.Session{}, watching: map[string]chan struct{}{}}
+	cache := newReadCache(c.CacheBudget)
+	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: cache, misses: &bundleMisses{cache},
+		saved: map[string]loadedSession{}, watching: map[string]chan struct{}{}}
 	order := make([]string, 0, len(c.Backends))
 	for _, f := range c.Backends {
 		order = append(order, f.Namespace)
 	}
-	m.order.Store(&order)
+	m.order.Store(newNSOrder(order))
 	m.syncing.Store(!c.StartSynced)
 	bg, stop := context.WithCancel(context.Background())
 	m.watchCtx = bg
@@ -162,7 +164,58 @@ func (m *Manager) Namespaces() []string { return slices.Clone(m.namespaces()) }
 
 // namespaces returns the loaded namespaces in priority order; the slice is
 // shared and must not be modified.
-func (m *Manager) namespaces() []string { return *m.order.Load() }
+func (m *Manager) namespaces() []string { return m.order.Load().list }
+
+// nsOrder is the loaded namespaces in priority order, with the namespace
+// lists of device information that are made of well-known namespaces
+// only, so that the device information of thousands of devices shares
+// them.
+type nsOrder struct {
+	list []string
+	// lists[seen<<len(wellKnownNS)|on] are the namespaces and the active
+	// namespaces of a device whose activity has those bits and no other
+	// namespace, in priority order; nil if none.
+	lists [1 << (2 * len(wellKnownNS))][2][]string
+}
+
+func newNSOrder(list []string) *nsOrder {
+	o := &nsOrder{list: list}
+	for code := range o.lists {
+		seen, on := code>>len(wellKnownNS), code&(1<<len(wellKnownNS)-1)
+		if on&^seen != 0 {
+			continue // active but not seen: no such activity
+		}
+		var nss, active []string
+		for i, w := range wellKnownNS {
+			if seen&(1<<i) != 0 {
+				nss = append(nss, w)
+			}
+			if on&(1<<i) != 0 {
+				active = append(active, w)
+			}
+		}
+		// Clipped: an append by a holder of the lists copies them.
+		o.lists[code] = [2][]string{slices.Clip(sortByOrder(list, nss)), slices.Clip(sortByOrder(list, active))}
+	}
+	return o
+}
+
+// namespaceLists returns the namespaces of a device and those it is
+// active in, in priority order. The slices may be shared: they must not
+// be modified.
+func (o *nsOrder) namespaceLists(a activity) (nss, active []string) {
+	if a.other == nil {
+		l := &o.lists[int(a.seen)<<len(wellKnownNS)|int(a.on)]
+		return l[0], l[1]
+	}
+	for ns, on := range a.all() {
+		nss = append(nss, ns)
+		if on {
+			active = append(active, ns)
+		}
+	}
+	return sortByOrder(o.list, nss), sortByOrder(o.list, active)
+}
 
 func (m *Manager) backend(ns string) (backends.Backend, error) {
 	b, ok := m.backends[ns]
@@ -212,28 +265,24 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 	}
 	if track != nil && (track.meta || track.sessionsGone) {
 		m.cache.invalidate(track.meta, track.sessionsGone)
-	} else if err == nil && track != nil {
+	} else if err == nil && track != nil && len(track.newSessions) > 0 {
 		m.cache.addSessions(gen, track.newSessions...)
 	}
 	// Loaded sessions stay in memory while the store holds exactly what
 	// they were saved as: a committed write keeps the object that was
 	// saved, anything else about a session key drops it.
-	if track != nil {
-		if track.sessionsGone {
-			clear(m.loaded)
+	if track != nil && (track.sessionsGone || len(track.newSessions) > 0) {
+		saved := m.saved
+		if err != nil {
+			saved = nil
 		}
-		for _, k := range track.newSessions {
-			if s, ok := m.saved[k]; ok && err == nil {
-				m.loaded[k] = s
-			} else {
-				delete(m.loaded, k)
-			}
-		}
-		if len(m.loaded) > maxLoadedSessions {
-			clear(m.loaded)
-		}
+		m.cache.keepSessions(track.sessionsGone, track.newSessions, saved)
 	}
-	clear(m.saved)
+	if len(m.saved) > 64 {
+		m.saved = map[string]loadedSession{} // a map does not shrink
+	} else {
+		clear(m.saved)
+	}
 	if err != nil {
 		if rerr := m.reloadBackendsLocked(context.WithoutCancel(ctx)); rerr != nil {
 			m.cfg.OnError(fmt.Errorf("omemo: restoring key state after a failed commit: %w", rerr))
@@ -337,16 +386,12 @@ func (u *undoTx) DeletePrefix(prefix string) error {
 	return u.Tx.DeletePrefix(prefix)
 }
 
-// maxLoadedSessions bounds the sessions kept deserialised in memory.
-const maxLoadedSessions = 4096
-
 // loadSession returns the session stored under key (nil if none), taking
-// it from memory when it is there. A session taken from memory is removed
-// until saveSession keeps it again, so a failed transaction can never leave
-// a modified object behind. The caller holds mu.
+// it from the cache when it is there. A session taken from the cache is
+// out of it until saveSession keeps it again, so a failed transaction can
+// never leave a modified object behind. The caller holds mu.
 func (m *Manager) loadSession(tx store.Tx, be backends.Backend, key string) (backends.Session, error) {
-	if s, ok := m.loaded[key]; ok && s.Namespace() == be.Namespace() {
-		delete(m.loaded, key)
+	if s, ok := m.cache.takeSession(key, be.Namespace()); ok {
 		return s, nil
 	}
 	return readSession(tx, be, key)
@@ -393,7 +438,7 @@ func (m *Manager) saveSession(tx store.Tx, key string, s backends.Session) error
 	if err := tx.Put(key, raw); err != nil {
 		return err
 	}
-	m.saved[key] = s
+	m.saved[key] = loadedSession{s, sessionSize(key, len(raw))}
 	return nil
 }
 
@@ -532,11 +577,14 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 		rec.IdentityKey = m.id.PublicKey()
 		rec.HasIdentityKey = true
 		rec.Label = m.ownLabelTx(tx)
-		rec.Active = map[string]bool{}
+		rec.Active = activity{}
 		for _, ns := range m.namespaces() {
-			rec.Active[ns] = true
+			rec.Active.set(ns, true)
 		}
 		if err := putDevice(tx, m.cfg.JID, m.devID, rec); err != nil {
+			return err
+		}
+		if err := m.recordNamespaces(tx); err != nil {
 			return err
 		}
 		return m.indexIdentityOwners(tx)
@@ -553,16 +601,19 @@ func (m *Manager) ownLabelTx(tx store.Tx) string {
 
 // repair brings the published state in line with the local one: the own
 // device in every own device list, every bundle as it is locally, and
-// backends removed since the last run purged. It runs at every start.
+// backends removed since the last run purged. It runs at every start, and
+// reads only the own state: the namespaces that have state are listed in
+// one record (see recordNamespaces), not found among the sessions.
 func (m *Manager) repair(ctx context.Context) error {
 	var stale []string
 	err := m.store.View(ctx, func(tx store.Tx) error {
-		return tx.Scan("omemo/ns/", func(key string, _ []byte) error {
-			if ns, ok := namespaceOfKey(key); ok && !slices.Contains(m.namespaces(), ns) && !slices.Contains(stale, ns) {
+		nss, _, err := storedNamespaces(tx)
+		for _, ns := range nss {
+			if !slices.Contains(m.namespaces(), ns) {
 				stale = append(stale, ns)
 			}
-			return nil
-		})
+		}
+		return err
 	})
 	if err != nil {
 		return storageErr(err)
@@ -858,6 +909,108 @@ func sleepJittered(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// keyNamespaces lists the namespaces that have state under "omemo/ns/",
+// so that a start finds the backends removed since the last run without
+// reading every session. A namespace is added in the transaction that
+// creates its state (loadOrCreate) and removed in the one that deletes it
+// (PurgeBackend); a store written before the record existed is scanned
+// once, at the first start, and the record written then.
+const keyNamespaces = "omemo/namespaces"
+
+const namespacesVersion = 1
+
+func marshalNamespaces(nss []string) []byte {
+	out := []byte{namespacesVersion}
+	for _, ns := range nss {
+		out = appendString(out, ns)
+	}
+	return out
+}
+
+func unmarshalNamespaces(b []byte) ([]string, bool) {
+	if len(b) < 1 || b[0] != namespacesVersion {
+		return nil, false
+	}
+	b = b[1:]
+	var out []string
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, false
+		}
+		out = append(out, string(b[k:k+int(n)]))
+		b = b[k+int(n):]
+	}
+	return out, true
+}
+
+// storedNamespaces returns the namespaces that have state, sorted, and
+// whether the store has their record. Without one (a store written before
+// it existed, or an unreadable record) they are found by scanning every
+// key under "omemo/ns/", sessions included.
+func storedNamespaces(tx store.Tx) (nss []string, recorded bool, err error) {
+	raw, err := tx.Get(keyNamespaces)
+	switch {
+	case err == nil:
+		if nss, ok := unmarshalNamespaces(raw); ok {
+			return nss, true, nil
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, false, err
+	}
+	err = tx.Scan(prefixNS, func(key string, _ []byte) error {
+		if ns, ok := namespaceOfKey(key); ok && !slices.Contains(nss, ns) {
+			nss = append(nss, ns)
+		}
+		return nil
+	})
+	slices.Sort(nss)
+	return nss, false, err
+}
+
+// recordNamespaces adds the loaded namespaces to the record of those that
+// have state, writing the record if it is missing (the one-time migration
+// of a store written before it existed). It runs in the transaction that
+// creates the backends' state.
+func (m *Manager) recordNamespaces(tx store.Tx) error {
+	nss, recorded, err := storedNamespaces(tx)
+	if err != nil {
+		return err
+	}
+	n := len(nss)
+	for _, ns := range m.namespaces() {
+		if !slices.Contains(nss, ns) {
+			nss = append(nss, ns)
+		}
+	}
+	if recorded && len(nss) == n {
+		return nil
+	}
+	slices.Sort(nss)
+	return tx.Put(keyNamespaces, marshalNamespaces(nss))
+}
+
+// forgetNamespace removes ns from the record of the namespaces that have
+// state, in the transaction that deletes its state.
+func forgetNamespace(tx store.Tx, ns string) error {
+	raw, err := tx.Get(keyNamespaces)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // the next start scans
+	}
+	if err != nil {
+		return err
+	}
+	nss, ok := unmarshalNamespaces(raw)
+	if !ok {
+		return tx.Delete(keyNamespaces) // unreadable: the next start scans
+	}
+	i := slices.Index(nss, ns)
+	if i < 0 {
+		return nil
+	}
+	return tx.Put(keyNamespaces, marshalNamespaces(slices.Delete(nss, i, i+1)))
 }
 
 func namespaceOfKey(key string) (string, bool) {

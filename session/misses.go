@@ -1,8 +1,8 @@
 package session
 
 import (
-	"sync"
 	"time"
+	"unsafe"
 )
 
 // bundleMisses remembers devices whose bundle was not published when last
@@ -12,9 +12,18 @@ import (
 // to an hour, and any change to the account's device list forgets the
 // account's misses. Only "not found" counts: network failures are retried
 // at once.
+//
+// The misses are kept per account in the Manager's read cache, within its
+// memory budget: a miss that is evicted is forgotten, which costs one
+// download attempt, nothing else.
 type bundleMisses struct {
-	mu sync.Mutex
-	m  map[bundleRef]missEntry
+	c *readCache
+}
+
+// missKey is a device of an account, in the account's misses.
+type missKey struct {
+	ns string
+	id uint32
 }
 
 type missEntry struct {
@@ -25,18 +34,27 @@ type missEntry struct {
 const (
 	firstMissWait = time.Minute
 	maxMissWait   = time.Hour
-	// maxMisses bounds the memory a hostile device list can take; beyond
-	// it everything is forgotten (and retried).
-	maxMisses = 10000
 )
 
-func newBundleMisses() *bundleMisses { return &bundleMisses{m: map[bundleRef]missEntry{}} }
+// missesSize estimates the memory of an account's misses.
+func missesSize(jid string, m map[missKey]missEntry) int64 {
+	slot := int64(unsafe.Sizeof(missKey{}) + unsafe.Sizeof(missEntry{}) + 1)
+	n := allocSize(int64(len(jid))) + 48 + slot*mapSlots(int64(len(m)))
+	for k := range m {
+		n += allocSize(int64(len(k.ns)))
+	}
+	return n
+}
 
 // deferred reports until when a download of ref is deferred.
 func (b *bundleMisses) deferred(ref bundleRef, now time.Time) (time.Time, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	e, ok := b.m[ref]
+	b.c.mu.Lock()
+	defer b.c.mu.Unlock()
+	m, ok := b.c.misses.get(ref.jid)
+	if !ok {
+		return time.Time{}, false
+	}
+	e, ok := m[missKey{ref.ns, ref.id}]
 	if !ok || !now.Before(e.retry) {
 		return time.Time{}, false
 	}
@@ -45,32 +63,50 @@ func (b *bundleMisses) deferred(ref bundleRef, now time.Time) (time.Time, bool) 
 
 // missed records that ref has no bundle.
 func (b *bundleMisses) missed(ref bundleRef, now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	e, ok := b.m[ref]
-	wait := firstMissWait
-	if ok {
-		wait = min(2*e.wait, maxMissWait)
-	} else if len(b.m) >= maxMisses {
-		clear(b.m)
+	b.c.mu.Lock()
+	defer b.c.mu.Unlock()
+	m, ok := b.c.misses.get(ref.jid)
+	if !ok {
+		m = map[missKey]missEntry{}
 	}
-	b.m[ref] = missEntry{retry: now.Add(wait), wait: wait}
+	k := missKey{ref.ns, ref.id}
+	wait := firstMissWait
+	if e, ok := m[k]; ok {
+		wait = min(2*e.wait, maxMissWait)
+	}
+	m[k] = missEntry{retry: now.Add(wait), wait: wait}
+	b.c.misses.put(ref.jid, m) // the size may have changed
 }
 
 // found forgets ref.
 func (b *bundleMisses) found(ref bundleRef) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.m, ref)
+	b.c.mu.Lock()
+	defer b.c.mu.Unlock()
+	m, ok := b.c.misses.peek(ref.jid)
+	if !ok {
+		return
+	}
+	k := missKey{ref.ns, ref.id}
+	if _, ok := m[k]; !ok {
+		return
+	}
+	if len(m) == 1 {
+		b.c.misses.delete(ref.jid)
+		return
+	}
+	// A copy: a map does not shrink.
+	m2 := make(map[missKey]missEntry, len(m)-1)
+	for mk, e := range m {
+		if mk != k {
+			m2[mk] = e
+		}
+	}
+	b.c.misses.put(ref.jid, m2)
 }
 
 // forgetJID forgets every miss of jid's devices.
 func (b *bundleMisses) forgetJID(jid string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for ref := range b.m {
-		if ref.jid == jid {
-			delete(b.m, ref)
-		}
-	}
+	b.c.mu.Lock()
+	defer b.c.mu.Unlock()
+	b.c.misses.delete(jid)
 }

@@ -76,11 +76,14 @@ func (m *Manager) PurgeBackend(ctx context.Context, ns string) error {
 		if err := tx.DeletePrefix(prefixBackend(ns)); err != nil {
 			return err
 		}
+		if err := forgetNamespace(tx, ns); err != nil {
+			return err
+		}
 		rec, err := getDevice(tx, m.cfg.JID, m.devID)
 		if err != nil {
 			return err
 		}
-		delete(rec.Active, ns)
+		rec.Active.remove(ns)
 		return putDevice(tx, m.cfg.JID, m.devID, rec)
 	})
 	if err != nil {
@@ -90,7 +93,7 @@ func (m *Manager) PurgeBackend(ctx context.Context, ns string) error {
 		be.Purge()
 		delete(m.backends, ns)
 		order := slices.DeleteFunc(slices.Clone(m.namespaces()), func(s string) bool { return s == ns })
-		m.order.Store(&order)
+		m.order.Store(newNSOrder(order))
 	}
 	return nil
 }
