@@ -18,7 +18,7 @@ FUZZTIME="${FUZZTIME:-8s}"
 
 debs=(python3-omemo python3-twomemo python3-oldmemo python3-x3dh
       python3-doubleratchet python3-xeddsa python3-xmlschema python3-slixmpp python3-cryptography
-      protobuf-compiler prosody ejabberd chromium)
+      protobuf-compiler prosody ejabberd chromium postgresql)
 # Node.js and npm for the converse.js test: Debian's, unless the machine has
 # its own.
 command -v node >/dev/null 2>&1 || debs+=(nodejs)
