@@ -263,6 +263,13 @@ func (l *Link) Body() string {
 // Host returns the host (and port, if any) the file is on.
 func (l *Link) Host() string { return l.host }
 
+// URL returns the https URL the file is fetched from, without the
+// fragment: the aesgcm URL of the link with the scheme https and without
+// the IV and key. It is not secret (the file behind it is ciphertext, and
+// the upload service and the network path see it anyway), so a client may
+// show or log it; it keeps working after Wipe. Body is the secret form.
+func (l *Link) URL() string { return l.fetch }
+
 // Name returns the file name from the URL's last path segment,
 // percent-decoded and made safe (see Download); "file" if there is none.
 func (l *Link) Name() string { return l.name }

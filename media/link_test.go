@@ -252,3 +252,33 @@ func TestWipe(t *testing.T) {
 		t.Fatalf("Download of a wiped link: %v", err)
 	}
 }
+
+// TestURL checks that URL is the https URL without the fragment: no key,
+// no IV, also for a link with a thumbnail, and still after Wipe.
+func TestURL(t *testing.T) {
+	key := strings.Repeat("ab", 32)
+	for _, tc := range []struct{ body, want string }{
+		{xepBody, xepGet},
+		{"aesgcm://h.example:5281/x?token=1&y=%41#" + strings.Repeat("c", 24) + key, "https://h.example:5281/x?token=1&y=%41"},
+		{"aesgcm://h.example/p.jpg#" + strings.Repeat("0", 24) + key + "\n" + thumbPrefix + base64.StdEncoding.EncodeToString(jpeg), "https://h.example/p.jpg"},
+		{"aesgcm://h.example/old#" + strings.Repeat("1", 32) + key, "https://h.example/old"},
+	} {
+		l, err := ParseBody(tc.body)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.body, err)
+		}
+		frag := tc.body[strings.IndexByte(tc.body, '#')+1:]
+		if i := strings.IndexByte(frag, '\n'); i >= 0 {
+			frag = frag[:i]
+		}
+		got := l.URL()
+		if got != tc.want || strings.Contains(got, "#") || strings.Contains(strings.ToLower(got), strings.ToLower(frag)) ||
+			strings.Contains(got, key) || strings.Contains(got, "data:") {
+			t.Errorf("%q: URL() = %q, want %q", tc.body, got, tc.want)
+		}
+		l.Wipe()
+		if l.URL() != tc.want {
+			t.Errorf("%q: URL() after Wipe = %q", tc.body, l.URL())
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"mellium.im/omemo"
 	"mellium.im/omemo/ns"
+	"mellium.im/omemo/reconnect"
 	"mellium.im/omemo/store"
 	"mellium.im/sasl"
 	"mellium.im/xmpp"
@@ -34,7 +36,9 @@ const deviceLabel = ""
 // output writes results to stdout (text or JSON lines) and progress and
 // warnings to stderr. It is safe for concurrent use.
 type output struct {
-	json   bool
+	json bool
+	// tty is set when stderr is a terminal: progress bars are drawn.
+	tty    bool
 	mu     sync.Mutex
 	stdout io.Writer
 	stderr io.Writer
@@ -44,7 +48,7 @@ type output struct {
 func newOutput(jsonOut bool, stdout, stderr io.Writer) *output {
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
-	return &output{json: jsonOut, stdout: stdout, stderr: stderr, enc: enc}
+	return &output{json: jsonOut, tty: isTerminal(stderr), stdout: stdout, stderr: stderr, enc: enc}
 }
 
 // progress reports a long step on stderr, unless -json is set. The line
@@ -93,39 +97,158 @@ func backendName(namespace string) string {
 	return namespace
 }
 
-// inbox hands decrypted messages from the plugin's worker to the command.
+// inboxLimit is the number of received messages the inbox holds before
+// the plugin's worker waits for the command (see inbox).
+const inboxLimit = 64
+
+// item is what the inbox hands to the command: a decrypted message or,
+// for a client kept connected by reconnect.Run, a connection event.
+type item struct {
+	m  omemo.Message
+	ev *reconnect.Event // nil for a message
+}
+
+// inbox hands decrypted messages from the plugin's worker, and connection
+// events from reconnect.Run, to the command, in the order they came, on
+// ch. Once limit messages wait, HandleOMEMO waits too (the plugin's worker
+// then decrypts nothing more); events never wait. A limit of 0 means no
+// limit: a client kept connected starts that way, so that the first
+// catch-up (which waits until its messages were handed over) completes
+// before the command reads.
 type inbox struct {
-	ch        chan omemo.Message
+	ch chan item // fed by pump
+
+	mu     sync.Mutex
+	queue  []item
+	msgs   int // messages in queue or held by pump
+	limit  int
+	pushed chan struct{} // capacity 1
+	popped chan struct{} // capacity 1
+
 	closing   chan struct{}
 	closeOnce sync.Once
 }
 
-// HandleOMEMO implements omemo.Handler. It waits while the command is busy
-// (the plugin's worker then decrypts nothing more) and gives up once the
-// command shuts down, so that Plugin.Close never waits for it.
-func (b *inbox) HandleOMEMO(m omemo.Message) {
+func newInbox(limit int) *inbox {
+	b := &inbox{
+		ch:      make(chan item),
+		limit:   limit,
+		pushed:  make(chan struct{}, 1),
+		popped:  make(chan struct{}, 1),
+		closing: make(chan struct{}),
+	}
+	go b.pump()
+	return b
+}
+
+func notify(ch chan struct{}) {
 	select {
-	case b.ch <- m:
-	case <-b.closing:
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// HandleOMEMO implements omemo.Handler. It waits while the command is busy
+// and gives up once the command shuts down, so that Plugin.Close never
+// waits for it. A message dropped then was not acknowledged: the plugin
+// hands it over again at the next start (Config.ManualAck).
+func (b *inbox) HandleOMEMO(m omemo.Message) {
+	for {
+		select {
+		case <-b.closing:
+			return
+		default:
+		}
+		b.mu.Lock()
+		if b.limit == 0 || b.msgs < b.limit {
+			b.queue = append(b.queue, item{m: m})
+			b.msgs++
+			b.mu.Unlock()
+			notify(b.pushed)
+			return
+		}
+		b.mu.Unlock()
+		select {
+		case <-b.popped:
+		case <-b.closing:
+			return
+		}
+	}
+}
+
+// event queues a connection event behind the messages received before it.
+func (b *inbox) event(e reconnect.Event) {
+	b.mu.Lock()
+	b.queue = append(b.queue, item{ev: &e})
+	b.mu.Unlock()
+	notify(b.pushed)
+}
+
+// setLimit sets the number of messages held before HandleOMEMO waits.
+func (b *inbox) setLimit(n int) {
+	b.mu.Lock()
+	b.limit = n
+	b.mu.Unlock()
+	notify(b.popped)
+}
+
+// pump moves the queue to ch, in order, until the inbox is closed.
+func (b *inbox) pump() {
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.mu.Unlock()
+			select {
+			case <-b.pushed:
+				continue
+			case <-b.closing:
+				return
+			}
+		}
+		it := b.queue[0]
+		b.queue[0] = item{}
+		b.queue = b.queue[1:]
+		b.mu.Unlock()
+		select {
+		case b.ch <- it:
+		case <-b.closing:
+			return
+		}
+		if it.ev == nil {
+			b.mu.Lock()
+			b.msgs--
+			b.mu.Unlock()
+			notify(b.popped)
+		}
 	}
 }
 
 func (b *inbox) close() { b.closeOnce.Do(func() { close(b.closing) }) }
 
-// client is a logged-in account with a started OMEMO plugin.
+// client is a logged-in account with a started OMEMO plugin: on one
+// session (open), or kept connected by reconnect.Run (openLive: listen
+// and chat).
 type client struct {
 	g      *globals
 	out    *output
 	st     *store.Bolt
-	sess   *xmpp.Session
+	sess   *xmpp.Session // the session of open; nil for openLive
 	plugin *omemo.Plugin
 	inbox  *inbox
+	// http does the HTTPS transfers of files (nil: media's default
+	// client, which verifies certificates).
+	http *http.Client
+	// downloadDir is listen -download's DIR (absolute), "" otherwise.
+	downloadDir string
 
 	serveDone chan struct{}
 	serveErr  error // why Serve returned; read only after serveDone is closed
 	// sessCancel cancels the context the session was negotiated with;
 	// it is called only after the session is closed (see connect).
 	sessCancel context.CancelFunc
+
+	// live is set for a client kept connected by reconnect.Run.
+	live *liveState
 }
 
 // open opens the store, logs in, registers the plugin and starts it (which
@@ -137,25 +260,8 @@ type client struct {
 // unreachable server must not leave a new file (and with it a device
 // identity) behind. That it could be created is checked before connecting.
 func open(ctx context.Context, g *globals, out *output) (*client, error) {
-	if g.password == "" {
-		return nil, fmt.Errorf("no password: use -password or the environment variable %s", passwordEnv)
-	}
-	var err error
-	path := g.store
-	if path == "" {
-		path, err = store.DefaultPath(g.account.Bare().String())
-		if err != nil {
-			return nil, fmt.Errorf("state file: %w", err)
-		}
-	}
-	var st *store.Bolt
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		if err := checkCreatable(path); err != nil {
-			return nil, err
-		}
-	} else if st, err = openState(path); err != nil {
-		// Any other error of Stat (permissions, a file in place of a
-		// directory…) is reported as opening it reports it.
+	path, st, err := openExisting(g)
+	if err != nil {
 		return nil, err
 	}
 	sess, cancel, err := connect(ctx, g, out)
@@ -170,7 +276,8 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 		out:        out,
 		st:         st,
 		sess:       sess,
-		inbox:      &inbox{ch: make(chan omemo.Message, 64), closing: make(chan struct{})},
+		inbox:      newInbox(inboxLimit),
+		http:       httpClient(g),
 		serveDone:  make(chan struct{}),
 		sessCancel: cancel,
 	}
@@ -182,16 +289,7 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 		}
 		c.st = st
 	}
-	logger := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p, err := omemo.New(sess, omemo.Config{
-		Store:        st,
-		Backends:     g.backends,
-		Trust:        g.policy,
-		Label:        deviceLabel,
-		SendPresence: true,
-		Logger:       logger,
-		OnError:      func(err error) { out.warn("%v", err) },
-	})
+	p, err := omemo.New(sess, c.pluginConfig())
 	if err != nil {
 		c.closeSession()
 		_ = st.Close()
@@ -220,6 +318,53 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 	mgr := p.Manager()
 	out.progress("device %d of %s ready", mgr.DeviceID(), g.account.Bare())
 	return c, nil
+}
+
+// openExisting returns the path of the state file and, if it exists, the
+// opened store; if it does not, it checks that it could be created.
+func openExisting(g *globals) (string, *store.Bolt, error) {
+	if g.password == "" {
+		return "", nil, fmt.Errorf("no password: use -password or the environment variable %s", passwordEnv)
+	}
+	var err error
+	path := g.store
+	if path == "" {
+		path, err = store.DefaultPath(g.account.Bare().String())
+		if err != nil {
+			return "", nil, fmt.Errorf("state file: %w", err)
+		}
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		if err := checkCreatable(path); err != nil {
+			return "", nil, err
+		}
+		return path, nil, nil
+	}
+	// Any other error of Stat (permissions, a file in place of a
+	// directory…) is reported as opening it reports it.
+	st, err := openState(path)
+	if err != nil {
+		return "", nil, err
+	}
+	return path, st, nil
+}
+
+// pluginConfig is the plugin's configuration. Messages are acknowledged
+// by the command (ManualAck) once it printed them (see client.ack): a
+// message that was not printed (the command ended before, or does not
+// print messages) is handed over again at the next start.
+func (c *client) pluginConfig() omemo.Config {
+	logger := slog.New(slog.NewTextHandler(c.out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return omemo.Config{
+		Store:        c.st,
+		Backends:     c.g.backends,
+		Trust:        c.g.policy,
+		Label:        deviceLabel,
+		SendPresence: true,
+		Logger:       logger,
+		OnError:      func(err error) { c.out.warn("%v", err) },
+		ManualAck:    true,
+	}
 }
 
 // openState opens (or creates) the state file at path and explains the
@@ -362,9 +507,24 @@ func (c *client) closeSession() {
 	c.sessCancel()
 }
 
+// done is closed when the connection ended for good: Serve returned (open),
+// or reconnect.Run gave up (openLive).
+func (c *client) done() <-chan struct{} {
+	if c.live != nil {
+		return c.live.runDone
+	}
+	return c.serveDone
+}
+
 // lost returns the error to report when the connection ended before the
-// command did. It must be called only after serveDone was closed.
+// command did. It must be called only after done was closed.
 func (c *client) lost() error {
+	if c.live != nil {
+		if c.live.runErr != nil {
+			return trimReconnect(c.live.runErr)
+		}
+		return errors.New("connection closed")
+	}
 	if c.serveErr != nil {
 		return fmt.Errorf("connection lost: %w", c.serveErr)
 	}
@@ -373,6 +533,9 @@ func (c *client) lost() error {
 
 // shutdown closes the plugin, the session and the store, in that order.
 func (c *client) shutdown() error {
+	if c.live != nil {
+		return c.shutdownLive()
+	}
 	c.inbox.close()
 	perr := c.plugin.Close()
 	c.closeSession()
@@ -388,12 +551,13 @@ func (c *client) shutdown() error {
 
 // messageJSON is a received message with -json.
 type messageJSON struct {
-	From        string `json:"from"`
-	Device      uint32 `json:"device"`
-	Backend     string `json:"backend"`
-	Body        string `json:"body"`
-	Trust       string `json:"trust"`
-	KeyExchange bool   `json:"key_exchange"`
+	From        string    `json:"from"`
+	Device      uint32    `json:"device"`
+	Backend     string    `json:"backend"`
+	Body        string    `json:"body"`
+	Trust       string    `json:"trust"`
+	KeyExchange bool      `json:"key_exchange"`
+	File        *fileJSON `json:"file,omitempty"`
 }
 
 // trustName is the stored trust level name of a message's sender.
@@ -404,11 +568,28 @@ func trustName(m omemo.Message) string {
 	return m.Trust.String()
 }
 
+// shownBody is the text printed (and echoed) for a message: its body, or
+// for an encrypted file (an aesgcm link, which holds the file's key) the
+// file's name.
+func shownBody(m omemo.Message) string {
+	if m.File != nil {
+		return m.File.Name()
+	}
+	return m.Body
+}
+
 // printMessage writes a received message (a room message as
-// printRoomMessage does).
+// printRoomMessage does); a file is shown with its name and URL, not
+// fetched.
 func (c *client) printMessage(m omemo.Message) {
+	c.printMessageFile(m, linkJSON(m))
+}
+
+// printMessageFile writes a received message with f, the description of
+// its file (nil if it has none).
+func (c *client) printMessageFile(m omemo.Message, f *fileJSON) {
 	if isRoom(m) {
-		c.printRoomMessage(m)
+		c.printRoomMessageFile(m, f)
 		return
 	}
 	from := m.From.Bare().String()
@@ -416,9 +597,10 @@ func (c *client) printMessage(m omemo.Message) {
 		From:        from,
 		Device:      m.SenderDevice,
 		Backend:     m.Namespace,
-		Body:        m.Body,
+		Body:        shownBody(m),
 		Trust:       trustName(m),
 		KeyExchange: m.KeyExchange,
+		File:        f,
 	}
 	var flags string
 	if m.KeyExchange {
@@ -433,6 +615,34 @@ func (c *client) printMessage(m omemo.Message) {
 	// Remote data is escaped: the sender's JID and the body, whose
 	// continuation lines start with contPrefix (see escapeText).
 	text := escapeText(fmt.Sprintf("%s [device %d, %s, %s%s]: ", from, m.SenderDevice, backendName(m.Namespace), v.Trust, flags)) +
-		escapeText(m.Body)
+		escapeText(v.Body) + f.note()
 	c.out.result(v, text)
+}
+
+// ack acknowledges a message the command printed (see pluginConfig).
+func (c *client) ack(m omemo.Message) {
+	if c.plugin != nil && m.DeliveryID != 0 {
+		_ = c.plugin.Ack(m.DeliveryID)
+	}
+}
+
+// show prints a received message and then acknowledges it; with
+// listen -download, the message's file is downloaded first. It returns
+// false, having printed and acknowledged nothing, if ctx ended during the
+// download: the message is handed over again at the next start. The
+// file's key is wiped.
+func (c *client) show(ctx context.Context, m omemo.Message) bool {
+	if m.File != nil {
+		defer m.File.Wipe()
+	}
+	f := linkJSON(m)
+	if f != nil && c.downloadDir != "" && !m.Reflected {
+		var ok bool
+		if f, ok = c.download(ctx, m); !ok {
+			return false
+		}
+	}
+	c.printMessageFile(m, f)
+	c.ack(m)
+	return true
 }

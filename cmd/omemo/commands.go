@@ -57,10 +57,12 @@ type recipientJSON struct {
 	Backend string `json:"backend"`
 }
 
-// sendJSON is the result of a sent message with -json.
+// sendJSON is the result of a sent message with -json; File is set for a
+// file (send -file).
 type sendJSON struct {
 	To      string          `json:"to"`
 	ID      string          `json:"id"`
+	File    *fileJSON       `json:"file,omitempty"`
 	Devices []recipientJSON `json:"devices"`
 	Errors  []string        `json:"errors"`
 }
@@ -75,20 +77,46 @@ func (c *client) send(ctx context.Context, to jid.JID, body string) error {
 	if err != nil {
 		return c.sendError(ctx, to, err)
 	}
-	v := sendJSON{To: to.String(), ID: res.ID, Devices: []recipientJSON{}, Errors: []string{}}
-	var names []string
+	c.printSent(to, res, nil)
+	return nil
+}
+
+// printSent prints the result of a message (with file: of a file) sent to
+// a contact.
+func (c *client) printSent(to jid.JID, res *omemo.SendResult, file *fileJSON) {
+	v := sendJSON{To: to.String(), ID: res.ID, File: file}
+	v.Devices, v.Errors = c.recipients(res)
+	what := res.ID
+	if file != nil {
+		what = file.sentText() + " as " + res.ID
+	}
+	c.out.result(v, escapeText(fmt.Sprintf("sent %s to %s, encrypted for %d device(s): %s", what, to, len(res.Recipients), deviceNames(res))))
+}
+
+// recipients returns the devices a message was encrypted for and the
+// failures (warned about on stderr in text mode), never nil.
+func (c *client) recipients(res *omemo.SendResult) ([]recipientJSON, []string) {
+	devices, errs := []recipientJSON{}, []string{}
 	for _, r := range res.Recipients {
-		v.Devices = append(v.Devices, recipientJSON{JID: r.JID, Device: r.DeviceID, Backend: r.Namespace})
-		names = append(names, fmt.Sprintf("%s/%d (%s)", r.JID, r.DeviceID, backendName(r.Namespace)))
+		devices = append(devices, recipientJSON{JID: r.JID, Device: r.DeviceID, Backend: r.Namespace})
 	}
 	for _, f := range res.Failures {
-		v.Errors = append(v.Errors, f.Error())
+		errs = append(errs, f.Error())
 		if !c.out.json {
 			c.out.warn("not encrypted for %s device %d: %v", f.JID, f.DeviceID, f.Err)
 		}
 	}
-	c.out.result(v, escapeText(fmt.Sprintf("sent %s to %s, encrypted for %d device(s): %s", res.ID, to, len(res.Recipients), strings.Join(names, ", "))))
-	return nil
+	return devices, errs
+}
+
+// deviceNames lists the devices a message was encrypted for, for the text
+// result line.
+func deviceNames(res *omemo.SendResult) string {
+	var names []string
+	for _, r := range res.Recipients {
+		names = append(names, fmt.Sprintf("%s/%d (%s)", r.JID, r.DeviceID, backendName(r.Namespace)))
+	}
+	return strings.Join(names, ", ")
 }
 
 // sendError explains why Send failed.
@@ -148,14 +176,17 @@ func (c *client) undecidedError(ctx context.Context, to []jid.JID, cause error) 
 // receivedText reports whether m is a received message with a text: not
 // the copy of a message that another device of the account sent (a sent
 // carbon, Message.Sent), and not a message without a body (such as an
-// encrypted chat state). listen -count counts these messages and -echo
-// answers them; every message is printed.
+// encrypted chat state). A file counts (its body is its link). listen
+// -count counts these messages and -echo answers them; every message is
+// printed.
 func receivedText(m omemo.Message) bool {
 	return !m.Sent && m.Body != ""
 }
 
 // echo answers a received message that has a text (see receivedText)
-// with "echo: " + its text.
+// with "echo: " + its text (for a file: its name, see shownBody). An echo
+// that failed because the connection was down is sent again once
+// reconnected (listen).
 func (c *client) echo(ctx context.Context, m omemo.Message) {
 	if !receivedText(m) {
 		return
@@ -163,8 +194,10 @@ func (c *client) echo(ctx context.Context, m omemo.Message) {
 	to := m.From.Bare()
 	sctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if _, err := c.plugin.Send(sctx, to, "echo: "+m.Body); err != nil {
-		c.out.warn("echo to %s: %v", to, err)
+	if _, err := c.plugin.Send(sctx, to, "echo: "+shownBody(m)); err != nil {
+		if !c.echoLater(m, err) {
+			c.out.warn("echo to %s: %v", to, err)
+		}
 		return
 	}
 	c.out.progress("echoed to %s", to)
@@ -174,6 +207,7 @@ func setupSend(fs *flag.FlagSet) runFunc {
 	to := fs.String("to", "", "recipient `JID`")
 	rf := addRoomFlags(fs, "send to")
 	wait := fs.Duration("wait", 0, "stay online and print replies for `DURATION`")
+	file := fs.String("file", "", "upload the file at `PATH` encrypted (XEP-0454) and send it, instead of a TEXT")
 	return func(ctx context.Context, g *globals, args []string, e env) error {
 		if rf.set() && *to != "" {
 			return usageError("send: -to and -room are mutually exclusive: send to a contact or to a room")
@@ -192,47 +226,71 @@ func setupSend(fs *flag.FlagSet) runFunc {
 			}
 		}
 		text := strings.Join(args, " ")
-		if text == "" {
+		switch {
+		case *file != "" && len(args) > 0:
+			return usageError("send: -file and TEXT are mutually exclusive: send a file or a text")
+		case *file == "" && text == "":
 			return usageError("send: no TEXT given")
 		}
 		if *wait < 0 {
 			return usageError("send: -wait must not be negative")
 		}
+		// The file is opened before connecting: nothing is sent if it
+		// cannot be read.
+		var sf *sendFile
+		if *file != "" {
+			if sf, err = openSendFile(*file); err != nil {
+				return safeError(err)
+			}
+			defer sf.f.Close()
+		}
 		if rf.set() {
 			return withClient(ctx, g, e, func(c *client) error {
-				return c.sendRoomCmd(ctx, room, text, *wait)
+				return c.sendRoomCmd(ctx, room, text, sf, *wait)
 			})
 		}
 		return withClient(ctx, g, e, func(c *client) error {
-			if err := c.send(ctx, recipient, text); err != nil {
+			if sf != nil {
+				err = c.sendFileTo(ctx, recipient, sf)
+			} else {
+				err = c.send(ctx, recipient, text)
+			}
+			if err != nil {
 				return err
 			}
 			if *wait == 0 {
 				return nil
 			}
 			c.out.progress("waiting %v for replies…", *wait)
-			timer := time.NewTimer(*wait)
-			defer timer.Stop()
-			for {
-				select {
-				case m := <-c.inbox.ch:
-					c.printMessage(m)
-				case <-timer.C:
-					return nil
-				case <-ctx.Done():
-					return nil
-				case <-c.serveDone:
-					return c.lost()
-				}
-			}
+			return c.printUntil(ctx, *wait)
 		})
+	}
+}
+
+// printUntil prints (and acknowledges) the messages that arrive until wait
+// ends or ctx is done.
+func (c *client) printUntil(ctx context.Context, wait time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		select {
+		case it := <-c.inbox.ch:
+			if it.ev == nil && !c.show(wctx, it.m) {
+				return nil
+			}
+		case <-wctx.Done():
+			return nil
+		case <-c.done():
+			return c.lost()
+		}
 	}
 }
 
 func setupListen(fs *flag.FlagSet) runFunc {
 	dur := fs.Duration("for", 0, "exit after `DURATION` (default: until interrupted)")
 	count := fs.Int("count", 0, "exit after `N` messages (default: until interrupted; copies of messages sent by the account's other devices and messages without a text do not count)")
-	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted (room messages in the room)`)
+	echo := fs.Bool("echo", false, `answer each message with "echo: " + its text, encrypted (room messages in the room; a file with its name)`)
+	download := fs.String("download", "", "download, decrypt and verify received files into `DIR` (default: print their name and URL only)")
 	rf := addRoomFlags(fs, "also join and listen to")
 	return func(ctx context.Context, g *globals, args []string, e env) error {
 		if len(args) > 0 {
@@ -245,43 +303,52 @@ func setupListen(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		return withClient(ctx, g, e, func(c *client) error {
+		dir := ""
+		if *download != "" {
+			if dir, err = checkDownloadDir(*download); err != nil {
+				return safeError(err)
+			}
+		}
+		return withLive(ctx, g, e, func(c *client) error {
+			c.downloadDir = dir
 			if rf.set() {
-				if _, err := c.joinRoom(ctx, room, true); err != nil {
+				if err := c.joinLive(ctx, room); err != nil {
 					return err
 				}
 				defer c.leaveRoom(ctx, room.Bare())
 			}
-			var deadline <-chan time.Time
+			c.inbox.setLimit(inboxLimit)
+			lctx := ctx
 			if *dur > 0 {
-				t := time.NewTimer(*dur)
-				defer t.Stop()
-				deadline = t.C
+				var cancel context.CancelFunc
+				lctx, cancel = context.WithTimeout(ctx, *dur)
+				defer cancel()
 			}
 			c.out.progress("listening (interrupt to stop)…")
 			n := 0
 			for *count == 0 || n < *count {
 				select {
-				case m := <-c.inbox.ch:
+				case it := <-c.inbox.ch:
+					if it.ev != nil {
+						c.connEvent(lctx, *it.ev)
+						continue
+					}
+					m := it.m
 					// Every message is printed (but the
 					// room's copies of this device's own);
 					// only received ones with a text count.
+					if !c.show(lctx, m) {
+						return nil
+					}
 					if c.counted(m) {
 						n++
 					}
-					c.printMessage(m)
-					switch {
-					case !*echo:
-					case isRoom(m):
-						c.echoRoom(ctx, m)
-					default:
-						c.echo(ctx, m)
+					if *echo {
+						c.echoAny(lctx, m)
 					}
-				case <-deadline:
+				case <-lctx.Done():
 					return nil
-				case <-ctx.Done():
-					return nil
-				case <-c.serveDone:
+				case <-c.done():
 					return c.lost()
 				}
 			}
@@ -309,7 +376,7 @@ func setupChat(fs *flag.FlagSet) runFunc {
 				return err
 			}
 		}
-		return withClient(ctx, g, e, func(c *client) error {
+		return withLive(ctx, g, e, func(c *client) error {
 			// send sends a line to the contact or the room and
 			// prints the result.
 			send := func(line string) error {
@@ -324,12 +391,13 @@ func setupChat(fs *flag.FlagSet) runFunc {
 			}
 			with := peer.String()
 			if rf.set() {
-				if _, err := c.joinRoom(ctx, room, true); err != nil {
+				if err := c.joinLive(ctx, room); err != nil {
 					return err
 				}
 				defer c.leaveRoom(ctx, room.Bare())
 				with = "the room " + room.Bare().String()
 			}
+			c.inbox.setLimit(inboxLimit)
 			lines := make(chan string)
 			readErr := make(chan error, 1)
 			stop := make(chan struct{})
@@ -348,8 +416,15 @@ func setupChat(fs *flag.FlagSet) runFunc {
 						// The chat goes on; the reason is shown.
 						fmt.Fprintf(e.stderr, "omemo: %v\n", safeError(err))
 					}
-				case m := <-c.inbox.ch:
-					c.printMessage(m)
+				case it := <-c.inbox.ch:
+					if it.ev != nil {
+						c.connEvent(ctx, *it.ev)
+						continue
+					}
+					// Files are shown, not fetched.
+					if !c.show(ctx, it.m) {
+						return nil
+					}
 				case err := <-readErr:
 					if err != nil {
 						return fmt.Errorf("reading stdin: %w", err)
@@ -357,7 +432,7 @@ func setupChat(fs *flag.FlagSet) runFunc {
 					return nil
 				case <-ctx.Done():
 					return nil
-				case <-c.serveDone:
+				case <-c.done():
 					return c.lost()
 				}
 			}

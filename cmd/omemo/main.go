@@ -21,9 +21,14 @@
 //	send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
 //	send -room ROOM [-nick NICK] [-wait DURATION] TEXT
 //	                                       join ROOM, encrypt for its members and send; exits once the room returned the message
+//	send -to JID -file PATH [-wait DURATION]
+//	send -room ROOM [-nick NICK] -file PATH [-wait DURATION]
+//	                                       upload the file encrypted (XEP-0454) and send it instead of a TEXT
 //	listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
 //	listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]
 //	                                       also join ROOM and print its messages; -echo answers them in the room
+//	listen [-room ROOM [-nick NICK]] -download DIR [-for DURATION] [-count N] [-echo]
+//	                                       also download, decrypt and verify received files into DIR
 //	chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
 //	chat -room ROOM [-nick NICK]           interactive, in ROOM
 //	room create [-members JID,JID] ROOM    create ROOM (non-anonymous, members-only, persistent; you its owner), add the members
@@ -50,6 +55,61 @@
 // the bare JID are delivered to it. An existing state file is opened before
 // connecting; a new one is created only after the login succeeded. Only
 // OMEMO encrypted messages are shown: unencrypted messages are ignored.
+//
+// # Files
+//
+// send -file uploads the file through the server's HTTP File Upload service
+// (XEP-0363), encrypted with a fresh key (AES-256-GCM, XEP-0454), and sends
+// its link in an OMEMO message; -file and a TEXT are mutually exclusive, and
+// a file that cannot be read is an error before anything is sent. The result
+// has "file":{"name":NAME,"size":BYTES,"sha256":HEX} between "id" and
+// "devices" (text: "sent the file NAME (BYTES bytes, sha256 HEX) as ID to …").
+//
+// The link holds the file's key (aesgcm://…#KEY) and is never printed: a
+// received file is printed as a message whose "body" is the file's name,
+// followed by "file":
+//
+//	{"name":NAME,"url":URL}                                   not fetched (listen, chat, send -wait)
+//	{"path":PATH,"name":NAME,"size":BYTES,"sha256":HEX}       listen -download DIR: saved as PATH
+//	{"name":NAME,"url":URL,"error":TEXT}                      listen -download DIR: the download failed
+//
+// URL is the https URL of the encrypted file, without the key. With
+// -download the file is downloaded, decrypted and verified before the line
+// is printed, and saved in DIR under a safe name (no directories, no
+// control characters) that replaces no file ("name (1).ext"); a download
+// that fails (wrong key or tag, HTTP error, too large, untrusted
+// certificate) is a warning on stderr and leaves nothing in DIR. In text
+// mode the line ends with " [file, not downloaded: URL]",
+// " [file saved as PATH, BYTES bytes, sha256 HEX]" or
+// " [file not downloaded: ERROR]". -echo answers a file with "echo: " + its
+// name. -insecure-skip-verify applies to the HTTPS transfers too. Uploads
+// and downloads draw a progress bar on stderr when stderr is a terminal and
+// -json is not set.
+//
+// # Connection
+//
+// listen and chat stay connected. When the connection is lost they print
+//
+//	{"event":"disconnected","error":TEXT}     text: "* disconnected: TEXT; reconnecting…"
+//
+// and try again after 1 s, doubling up to 60 s (plus jitter); once a new
+// connection is set up (the rooms joined again, the messages sent meanwhile
+// read from the archives and printed) they print
+//
+//	{"event":"connected"}                     text: "* connected again"
+//
+// These lines have no "body". The first connection prints no such line; if
+// it fails (a wrong password, an unreachable server) the command fails at
+// once, as every command does. Every message is printed once: a message is
+// marked as handled in the state file only once it was printed, so what a
+// command did not print (it ended before, or it does not print messages) is
+// printed by the next listen or chat. At start, listen and chat also print
+// what the account's archive holds for this device since its last run, and
+// listen -room and chat -room what the room's archive holds since the last
+// time. A line typed in chat while disconnected is not sent (an error says
+// so); the echoes of listen -echo wait for the connection. SIGINT and
+// SIGTERM end them cleanly. The other commands use one connection and fail
+// if it is lost.
 //
 // Errors go to stderr and the exit status is 1 (2 for usage errors).
 // Progress goes to stderr unless -json is set.
@@ -110,9 +170,14 @@ commands:
   send -to JID [-wait DURATION] TEXT     encrypt and send; with -wait, stay online and print replies until DURATION ends
   send -room ROOM [-nick NICK] [-wait DURATION] TEXT
                                          join ROOM, encrypt for its members and send; exits once the room returned the message
+  send -to JID -file PATH [-wait DURATION]
+  send -room ROOM [-nick NICK] -file PATH [-wait DURATION]
+                                         upload the file encrypted (XEP-0454) and send it instead of a TEXT
   listen [-for DURATION] [-count N] [-echo]   print received messages; -echo answers each with "echo: " + text, encrypted
   listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]
                                          also join ROOM and print its messages; -echo answers them in the room
+  listen [-room ROOM [-nick NICK]] -download DIR [-for DURATION] [-count N] [-echo]
+                                         also download, decrypt and verify received files into DIR
   chat JID                               interactive: each line on stdin is sent encrypted, each received message printed
   chat -room ROOM [-nick NICK]           interactive, in ROOM
   room create [-members JID,JID] ROOM    create ROOM (non-anonymous, members-only, persistent; you its owner), add the members
@@ -128,6 +193,19 @@ not exist, and refuse one that is not non-anonymous.
 Flags go before TEXT: a word of TEXT that is a flag (-wait 5s, --to, -json…)
 is refused. To send a text exactly as given, put -- before it:
   omemo -jid alice@example.org send -to bob@example.org -- -wait is a flag
+
+Files: a received file is printed with its name as the body and
+"file":{"name":NAME,"url":URL} (the https URL without the key; not fetched),
+with listen -download DIR "file":{"path":PATH,"name":NAME,"size":BYTES,"sha256":HEX}
+once saved in DIR (never replacing a file), or "file":{…,"error":TEXT} if the
+download failed (nothing is left in DIR). The key is never printed.
+-insecure-skip-verify applies to the HTTPS transfers too.
+
+Connection: listen and chat reconnect (after 1 s, doubling up to 60 s) when
+the connection is lost, printing {"event":"disconnected","error":TEXT} and,
+once reconnected and caught up with the archives, {"event":"connected"}
+(text: "* disconnected: …", "* connected again"); not for the first
+connection, whose failure ends the command. Every message is printed once.
 `
 
 // globals are the parsed global flags.
@@ -359,12 +437,14 @@ var commands map[string]command
 func init() {
 	commands = map[string]command{
 		"send": {
-			usage: []string{"send -to JID [-wait DURATION] TEXT", "send -room ROOM [-nick NICK] [-wait DURATION] TEXT"},
+			usage: []string{"send -to JID [-wait DURATION] TEXT", "send -room ROOM [-nick NICK] [-wait DURATION] TEXT",
+				"send -to JID -file PATH [-wait DURATION]", "send -room ROOM [-nick NICK] -file PATH [-wait DURATION]"},
 			text:  []string{"send -to JID [-wait DURATION] -- TEXT", "send -room ROOM [-nick NICK] [-wait DURATION] -- TEXT"},
 			setup: setupSend,
 		},
 		"listen": {
-			usage: []string{"listen [-for DURATION] [-count N] [-echo]", "listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]"},
+			usage: []string{"listen [-for DURATION] [-count N] [-echo]", "listen -room ROOM [-nick NICK] [-for DURATION] [-count N] [-echo]",
+				"listen [-room ROOM [-nick NICK]] -download DIR [-for DURATION] [-count N] [-echo]"},
 			setup: setupListen,
 		},
 		"chat":         {usage: []string{"chat JID", "chat -room ROOM [-nick NICK]"}, setup: setupChat},

@@ -80,8 +80,16 @@ func (b *syncBuffer) String() string {
 // test if still running.
 func (c *cli) start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return c.startIn(t, "", nil, args...)
+}
+
+// startIn is start with the working directory dir (if not "") and the
+// environment variables env added.
+func (c *cli) startIn(t *testing.T, dir string, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = append(os.Environ(), "OMEMO_PASSWORD=")
+	cmd.Env = append(append(os.Environ(), "OMEMO_PASSWORD="), env...)
+	cmd.Dir = dir
 	p := &proc{t: t, cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	stdout, err := cmd.StdoutPipe()
@@ -219,16 +227,8 @@ func TestCLI(t *testing.T) {
 		prosodytest.User{Name: "tina"}, prosodytest.User{Name: "uma"},
 		prosodytest.User{Name: "vera"},
 	)
-	bin := filepath.Join(t.TempDir(), "omemo")
-	build := []string{"build", "-o", bin}
-	if raceBuild {
-		build = append(build, "-race")
-	}
-	if out, err := exec.Command("go", append(build, ".")...).CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	c := &cli{bin: buildCLI(t), srv: srv}
 	t.Logf("built after %v", time.Since(began))
-	c := &cli{bin: bin, srv: srv}
 
 	t.Run("group", func(t *testing.T) {
 		t.Run("fingerprint and devices", func(t *testing.T) {

@@ -157,6 +157,22 @@ func (c *client) joinRoom(ctx context.Context, full jid.JID, events bool) (*grou
 	return r, nil
 }
 
+// joinLive joins the room for listen and chat, as joinRoom does with its
+// status lines, then prints what was sent to it since the last run (its
+// archive, from the stored position; nothing the first time). After a
+// reconnection the plugin joins it again and reads its archive by itself.
+func (c *client) joinLive(ctx context.Context, full jid.JID) error {
+	if _, err := c.joinRoom(ctx, full, true); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := c.plugin.CatchUpRoom(cctx, full.Bare()); err != nil && ctx.Err() == nil {
+		c.out.warn("reading the archive of %s: %v", full.Bare(), err)
+	}
+	return nil
+}
+
 // joinError explains a failed join.
 func joinError(room jid.JID, nick string, err error) error {
 	return fmt.Errorf("joining %s as %q: %w (a members-only room admits only its members, and a nick that someone else uses is refused)", room, nick, err)
@@ -182,6 +198,7 @@ func (c *client) leaveRoom(ctx context.Context, room jid.JID) {
 type roomSendJSON struct {
 	Room    string          `json:"room"`
 	ID      string          `json:"id"`
+	File    *fileJSON       `json:"file,omitempty"`
 	Devices []recipientJSON `json:"devices"`
 	Errors  []string        `json:"errors"`
 }
@@ -201,19 +218,19 @@ func (c *client) sendRoom(ctx context.Context, room jid.JID, body string) (*omem
 
 // printRoomSent prints the result of a message sent to a room.
 func (c *client) printRoomSent(room jid.JID, res *omemo.SendResult) {
-	v := roomSendJSON{Room: room.String(), ID: res.ID, Devices: []recipientJSON{}, Errors: []string{}}
-	var names []string
-	for _, r := range res.Recipients {
-		v.Devices = append(v.Devices, recipientJSON{JID: r.JID, Device: r.DeviceID, Backend: r.Namespace})
-		names = append(names, fmt.Sprintf("%s/%d (%s)", r.JID, r.DeviceID, backendName(r.Namespace)))
+	c.printRoomSentFile(room, res, nil)
+}
+
+// printRoomSentFile prints the result of a message (with file: of a file)
+// sent to a room.
+func (c *client) printRoomSentFile(room jid.JID, res *omemo.SendResult, file *fileJSON) {
+	v := roomSendJSON{Room: room.String(), ID: res.ID, File: file}
+	v.Devices, v.Errors = c.recipients(res)
+	what := res.ID
+	if file != nil {
+		what = file.sentText() + " as " + res.ID
 	}
-	for _, f := range res.Failures {
-		v.Errors = append(v.Errors, f.Error())
-		if !c.out.json {
-			c.out.warn("not encrypted for %s device %d: %v", f.JID, f.DeviceID, f.Err)
-		}
-	}
-	c.out.result(v, escapeText(fmt.Sprintf("sent %s to room %s, encrypted for %d device(s): %s", res.ID, room, len(res.Recipients), strings.Join(names, ", "))))
+	c.out.result(v, escapeText(fmt.Sprintf("sent %s to room %s, encrypted for %d device(s): %s", what, room, len(res.Recipients), deviceNames(res))))
 }
 
 // sendRoomError explains why SendGroup failed; nothing was sent.
@@ -260,8 +277,10 @@ func (c *client) echoRoom(ctx context.Context, m omemo.Message) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if _, err := c.plugin.SendGroup(sctx, m.Room, "echo: "+m.Body); err != nil {
-		c.out.warn("echo in %s: %v", m.Room, c.sendRoomError(ctx, m.Room, err))
+	if _, err := c.plugin.SendGroup(sctx, m.Room, "echo: "+shownBody(m)); err != nil {
+		if !c.echoLater(m, err) {
+			c.out.warn("echo in %s: %v", m.Room, c.sendRoomError(ctx, m.Room, err))
+		}
 		return
 	}
 	c.out.progress("echoed in %s", m.Room)
@@ -269,19 +288,26 @@ func (c *client) echoRoom(ctx context.Context, m omemo.Message) {
 
 // roomMessageJSON is a received room message with -json.
 type roomMessageJSON struct {
-	Room    string `json:"room"`
-	Nick    string `json:"nick"`
-	From    string `json:"from"`
-	Device  uint32 `json:"device"`
-	Backend string `json:"backend"`
-	Body    string `json:"body"`
-	Trust   string `json:"trust"`
+	Room    string    `json:"room"`
+	Nick    string    `json:"nick"`
+	From    string    `json:"from"`
+	Device  uint32    `json:"device"`
+	Backend string    `json:"backend"`
+	Body    string    `json:"body"`
+	Trust   string    `json:"trust"`
+	File    *fileJSON `json:"file,omitempty"`
 }
 
 // printRoomMessage writes a received room message. The room's copies of
 // the messages this device sent (Reflected) are not printed: the send
 // result was.
 func (c *client) printRoomMessage(m omemo.Message) {
+	c.printRoomMessageFile(m, linkJSON(m))
+}
+
+// printRoomMessageFile is printRoomMessage with f, the description of the
+// message's file (nil if it has none).
+func (c *client) printRoomMessageFile(m omemo.Message, f *fileJSON) {
 	if m.Reflected {
 		return
 	}
@@ -291,8 +317,9 @@ func (c *client) printRoomMessage(m omemo.Message) {
 		From:    m.RealFrom.Bare().String(),
 		Device:  m.SenderDevice,
 		Backend: m.Namespace,
-		Body:    m.Body,
+		Body:    shownBody(m),
 		Trust:   trustName(m),
+		File:    f,
 	}
 	var flags string
 	if m.KeyExchange {
@@ -310,14 +337,15 @@ func (c *client) printRoomMessage(m omemo.Message) {
 	// drive the terminal; the rest is escaped with escapeText.
 	text := escapeText("["+v.Room+"] ") + strconv.Quote(m.Nick) +
 		escapeText(fmt.Sprintf(" (%s) [device %d, %s, %s%s]: ", v.From, m.SenderDevice, backendName(m.Namespace), v.Trust, flags)) +
-		escapeText(m.Body)
+		escapeText(v.Body) + f.note()
 	c.out.result(v, text)
 }
 
-// sendRoomCmd runs send -room: join (or create) the room, send, wait until
-// the room returned the message (its reflection), print the result, then
-// with wait > 0 print what arrives until wait ends.
-func (c *client) sendRoomCmd(ctx context.Context, full jid.JID, text string, wait time.Duration) error {
+// sendRoomCmd runs send -room: join (or create) the room, send the text
+// (or, with sf, the file), wait until the room returned the message (its
+// reflection), print the result, then with wait > 0 print what arrives
+// until wait ends.
+func (c *client) sendRoomCmd(ctx context.Context, full jid.JID, text string, sf *sendFile, wait time.Duration) error {
 	room := full.Bare()
 	if _, err := c.joinRoom(ctx, full, false); errors.Is(err, groupchat.ErrAnonymous) {
 		return fmt.Errorf("not sent: %w", err)
@@ -325,7 +353,16 @@ func (c *client) sendRoomCmd(ctx context.Context, full jid.JID, text string, wai
 		return err
 	}
 	defer c.leaveRoom(ctx, room)
-	res, err := c.sendRoom(ctx, room, text)
+	var (
+		res  *omemo.SendResult
+		file *fileJSON
+		err  error
+	)
+	if sf != nil {
+		res, file, err = c.sendFileToRoom(ctx, room, sf)
+	} else {
+		res, err = c.sendRoom(ctx, room, text)
+	}
 	if err != nil {
 		return err
 	}
@@ -335,42 +372,35 @@ func (c *client) sendRoomCmd(ctx context.Context, full jid.JID, text string, wai
 	defer timer.Stop()
 	for reflected := false; !reflected; {
 		select {
-		case m := <-c.inbox.ch:
-			if isReflectionOf(m, room, res.ID) {
+		case it := <-c.inbox.ch:
+			switch {
+			case it.ev != nil:
+			case isReflectionOf(it.m, room, res.ID):
 				reflected = true
-			} else if wait > 0 {
-				early = append(early, m)
+			case wait > 0:
+				early = append(early, it.m)
 			}
+			// Without -wait the others are not printed, nor
+			// acknowledged: they come again at the next start.
 		case <-timer.C:
 			return fmt.Errorf("sent %s to %s, but the room did not return it within %v: it may not have reached the room", res.ID, room, opTimeout)
 		case <-ctx.Done():
 			return fmt.Errorf("sent %s to %s, but interrupted before the room returned it", res.ID, room)
-		case <-c.serveDone:
+		case <-c.done():
 			return fmt.Errorf("sent %s to %s, but the room did not return it: %w", res.ID, room, c.lost())
 		}
 	}
-	c.printRoomSent(room, res)
+	c.printRoomSentFile(room, res, file)
 	if wait == 0 {
 		return nil
 	}
 	for _, m := range early {
-		c.printMessage(m)
-	}
-	c.out.progress("waiting %v for replies…", wait)
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for {
-		select {
-		case m := <-c.inbox.ch:
-			c.printMessage(m)
-		case <-t.C:
+		if !c.show(ctx, m) {
 			return nil
-		case <-ctx.Done():
-			return nil
-		case <-c.serveDone:
-			return c.lost()
 		}
 	}
+	c.out.progress("waiting %v for replies…", wait)
+	return c.printUntil(ctx, wait)
 }
 
 // roomCreateJSON is the result of room create with -json.
