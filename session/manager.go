@@ -664,8 +664,32 @@ func (m *Manager) uploadBundle(ctx context.Context, ns string) error {
 	if err != nil {
 		return err
 	}
+	// Loading key material does not recompute the public keys (a checksum
+	// guards the stored bytes): check them all before publishing, so that a
+	// damaged key is never offered to contacts, whose key exchanges with it
+	// would fail.
+	if err := m.verifyKeys(ns); err != nil {
+		return err
+	}
 	if err := m.net.UploadBundle(ctx, m.devID, local); err != nil {
 		return netErr("uploading bundle", err)
+	}
+	return nil
+}
+
+// verifyKeys runs the complete check of backend ns's own key material, if
+// the backend offers one.
+func (m *Manager) verifyKeys(ns string) error {
+	m.mu.Lock()
+	b, err := m.backend(ns)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if v, ok := b.(backends.KeyVerifier); ok {
+		if err := v.VerifyKeys(); err != nil {
+			return fmt.Errorf("omemo: not publishing the %s bundle: %w", ns, err)
+		}
 	}
 	return nil
 }
