@@ -20,6 +20,7 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	stopPostgres()
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -231,7 +230,7 @@ func (b *inbox) close() { b.closeOnce.Do(func() { close(b.closing) }) }
 type client struct {
 	g      *globals
 	out    *output
-	st     *store.Bolt
+	state  *state
 	sess   *xmpp.Session // the session of open; nil for openLive
 	plugin *omemo.Plugin
 	inbox  *inbox
@@ -259,40 +258,37 @@ type client struct {
 // created only after the login succeeded: a wrong password or an
 // unreachable server must not leave a new file (and with it a device
 // identity) behind. That it could be created is checked before connecting.
+// An account of a PostgreSQL store (-store postgres://…) is opened, and
+// its lease taken, before connecting too; a new one is only written to
+// once the plugin starts, after the login.
 func open(ctx context.Context, g *globals, out *output) (*client, error) {
-	path, st, err := openExisting(g)
+	s, err := openExisting(ctx, g)
 	if err != nil {
 		return nil, err
 	}
 	sess, cancel, err := connect(ctx, g, out)
 	if err != nil {
-		if st != nil {
-			_ = st.Close()
-		}
+		_ = s.close()
 		return nil, err
 	}
 	c := &client{
 		g:          g,
 		out:        out,
-		st:         st,
+		state:      s,
 		sess:       sess,
 		inbox:      newInbox(inboxLimit),
 		http:       httpClient(g),
 		serveDone:  make(chan struct{}),
 		sessCancel: cancel,
 	}
-	if st == nil {
-		out.progress("creating the state file %s (a new device)…", path)
-		if st, err = openState(path); err != nil {
-			c.closeSession()
-			return nil, err
-		}
-		c.st = st
+	if err := s.create(out); err != nil {
+		c.closeSession()
+		return nil, err
 	}
 	p, err := omemo.New(sess, c.pluginConfig())
 	if err != nil {
 		c.closeSession()
-		_ = st.Close()
+		_ = s.close()
 		return nil, err
 	}
 	c.plugin = p
@@ -320,35 +316,6 @@ func open(ctx context.Context, g *globals, out *output) (*client, error) {
 	return c, nil
 }
 
-// openExisting returns the path of the state file and, if it exists, the
-// opened store; if it does not, it checks that it could be created.
-func openExisting(g *globals) (string, *store.Bolt, error) {
-	if g.password == "" {
-		return "", nil, fmt.Errorf("no password: use -password or the environment variable %s", passwordEnv)
-	}
-	var err error
-	path := g.store
-	if path == "" {
-		path, err = store.DefaultPath(g.account.Bare().String())
-		if err != nil {
-			return "", nil, fmt.Errorf("state file: %w", err)
-		}
-	}
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		if err := checkCreatable(path); err != nil {
-			return "", nil, err
-		}
-		return path, nil, nil
-	}
-	// Any other error of Stat (permissions, a file in place of a
-	// directory…) is reported as opening it reports it.
-	st, err := openState(path)
-	if err != nil {
-		return "", nil, err
-	}
-	return path, st, nil
-}
-
 // pluginConfig is the plugin's configuration. Messages are acknowledged
 // by the command (ManualAck) once it printed them (see client.ack): a
 // message that was not printed (the command ended before, or does not
@@ -356,7 +323,7 @@ func openExisting(g *globals) (string, *store.Bolt, error) {
 func (c *client) pluginConfig() omemo.Config {
 	logger := slog.New(slog.NewTextHandler(c.out.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	return omemo.Config{
-		Store:        c.st,
+		Store:        c.state.st,
 		Backends:     c.g.backends,
 		Trust:        c.g.policy,
 		Label:        deviceLabel,
@@ -539,14 +506,11 @@ func (c *client) shutdown() error {
 	c.inbox.close()
 	perr := c.plugin.Close()
 	c.closeSession()
-	serr := c.st.Close()
+	serr := c.state.close()
 	if perr != nil && !errors.Is(perr, omemo.ErrClosed) {
 		return fmt.Errorf("closing OMEMO: %w", perr)
 	}
-	if serr != nil {
-		return fmt.Errorf("closing state file: %w", serr)
-	}
-	return nil
+	return serr
 }
 
 // messageJSON is a received message with -json.

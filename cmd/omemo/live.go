@@ -88,15 +88,13 @@ func withLive(ctx context.Context, g *globals, e env, f func(c *client) error) e
 // The inbox has no limit until the caller sets one (inbox.setLimit) once
 // its own setup (joining a room, reading its archive) is done.
 func openLive(ctx context.Context, g *globals, out *output) (*client, error) {
-	path, st, err := openExisting(g)
+	s, err := openExisting(ctx, g)
 	if err != nil {
 		return nil, err
 	}
 	sess, cancel, err := connect(ctx, g, out)
 	if err != nil {
-		if st != nil {
-			_ = st.Close()
-		}
+		_ = s.close()
 		return nil, err
 	}
 	l := &liveState{
@@ -107,22 +105,17 @@ func openLive(ctx context.Context, g *globals, out *output) (*client, error) {
 		runCancel: func() {},
 		negCancel: cancel,
 	}
-	c := &client{g: g, out: out, st: st, inbox: newInbox(0), http: httpClient(g), live: l}
+	c := &client{g: g, out: out, state: s, inbox: newInbox(0), http: httpClient(g), live: l}
 	// fail undoes what was done when the plugin could not be made.
 	fail := func(err error) (*client, error) {
 		_ = sess.Close()
 		_ = sess.Conn().Close()
 		cancel()
-		if c.st != nil {
-			_ = c.st.Close()
-		}
+		_ = s.close()
 		return nil, err
 	}
-	if st == nil {
-		out.progress("creating the state file %s (a new device)…", path)
-		if c.st, err = openState(path); err != nil {
-			return fail(err)
-		}
+	if err := s.create(out); err != nil {
+		return fail(err)
 	}
 	p, err := omemo.NewDetached(g.account.Bare(), c.pluginConfig())
 	if err != nil {
@@ -279,14 +272,11 @@ func (c *client) shutdownLive() error {
 	if c.plugin != nil {
 		perr = c.plugin.Close()
 	}
-	serr := c.st.Close()
+	serr := c.state.close()
 	if perr != nil && !errors.Is(perr, omemo.ErrClosed) {
 		return fmt.Errorf("closing OMEMO: %w", perr)
 	}
-	if serr != nil {
-		return fmt.Errorf("closing state file: %w", serr)
-	}
-	return nil
+	return serr
 }
 
 // echoAny answers m, in its room or to its sender (listen -echo).

@@ -11,6 +11,9 @@
 //	-password P         password (or the environment variable OMEMO_PASSWORD)
 //	-addr host:port     server address (default: resolved from the JID's domain)
 //	-store FILE         state file (default: one file per JID under the user's config directory)
+//	-store postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAMS]
+//	                    the state in a PostgreSQL database instead (also postgresql://); -store's default is
+//	                    the environment variable OMEMO_STORE, a FILE or such a URL
 //	-backends LIST      comma-separated backends in priority order: twomemo,oldmemo (default both, twomemo first)
 //	-trust MODE         btbv | tofu | manual (default btbv)
 //	-insecure-skip-verify   accept the server's TLS certificate without verification (local test servers)
@@ -111,6 +114,29 @@
 // SIGTERM end them cleanly. The other commands use one connection and fail
 // if it is lost.
 //
+// # PostgreSQL
+//
+// With -store postgres://… (or postgresql://…, or either in the environment
+// variable OMEMO_STORE when -store is not given) the state lives in a
+// PostgreSQL database instead of a file, as the account named by the bare
+// JID (see mellium.im/omemo/store/postgres: Open creates its tables, and
+// the rest of the URL, such as sslmode or search_path, is the driver's).
+// Many accounts, and many processes, can share one database. A process
+// holds its account for as long as it runs: another omemo process on the
+// same account waits up to 3 s for it and then fails with exit status 1:
+//
+//	omemo: account JID in the state database URL is in use by another omemo process (waited 3s): …
+//
+// The account is released when the process ends, also when it is killed
+// (PostgreSQL ends its connections), so that another process, on this
+// machine or another, can take it over at once; a listen started there
+// prints what the killed one had not acknowledged (see Connection). As with
+// a file, the account is opened and taken before the login and nothing is
+// written to a new one unless the login succeeded. The URL is shown without
+// its password in every message (as USER:xxxxx@HOST, password=xxxxx);
+// PGPASSWORD and a password file work as for psql, and keep the password off
+// the command line.
+//
 // Errors go to stderr and the exit status is 1 (2 for usage errors).
 // Progress goes to stderr unless -json is set.
 package main // import "mellium.im/omemo/cmd/omemo"
@@ -161,6 +187,9 @@ global flags:
   -password P         password (or the environment variable OMEMO_PASSWORD)
   -addr host:port     server address (default: resolved from the JID's domain)
   -store FILE         state file (default: one file per JID under the user's config directory)
+  -store postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAMS]
+                      the state in a PostgreSQL database instead (also postgresql://); -store's default is
+                      the environment variable OMEMO_STORE, a FILE or such a URL
   -backends LIST      comma-separated backends in priority order: twomemo,oldmemo (default both, twomemo first)
   -trust MODE         btbv | tofu | manual (default btbv)
   -insecure-skip-verify   accept the server's TLS certificate without verification (local test servers)
@@ -206,6 +235,13 @@ the connection is lost, printing {"event":"disconnected","error":TEXT} and,
 once reconnected and caught up with the archives, {"event":"connected"}
 (text: "* disconnected: …", "* connected again"); not for the first
 connection, whose failure ends the command. Every message is printed once.
+
+PostgreSQL: -store postgres://USER@HOST/DB (or OMEMO_STORE) keeps the state
+in the database, as the account of the bare JID. Another omemo process on the
+same account waits up to 3 s, then fails: "account JID in the state database
+URL is in use by another omemo process". A killed process releases the
+account at once. The password of the URL is never shown (PGPASSWORD or a
+password file keep it off the command line).
 `
 
 // globals are the parsed global flags.
@@ -378,6 +414,11 @@ func parseArgs(args []string, e env) (runFunc, *globals, []string, error) {
 	g.password = *password
 	if g.password == "" && e.getenv != nil {
 		g.password = e.getenv(passwordEnv)
+	}
+	storeSet := false
+	fs.Visit(func(f *flag.Flag) { storeSet = storeSet || f.Name == "store" })
+	if !storeSet && e.getenv != nil {
+		g.store = e.getenv(storeEnv)
 	}
 	if g.backends, err = parseBackends(*backs); err != nil {
 		return nil, nil, nil, err
