@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mellium.im/omemo/backends"
@@ -24,6 +25,11 @@ type Keys struct {
 
 	mu    sync.RWMutex
 	state *x3dh.State // nil once purged
+	// verified is set once every key of state passed VerifyKeys, or for a
+	// state generated in this process. Keys generated later (new pre keys,
+	// a rotated signed pre key) are computed here, not loaded, so they keep
+	// it: the complete check runs once per load, not at every upload.
+	verified atomic.Bool
 }
 
 // NewKeys loads the key state from data, or creates a fresh one with
@@ -37,6 +43,7 @@ func NewKeys(cfg *x3dh.Config, id *backends.IdentityKeyPair, data []byte, opts b
 			return nil, fmt.Errorf("omemo: creating key state: %w", err)
 		}
 		k.state = st
+		k.verified.Store(true)
 		return k, nil
 	}
 	st := new(x3dh.State)
@@ -57,12 +64,18 @@ func NewKeys(cfg *x3dh.Config, id *backends.IdentityKeyPair, data []byte, opts b
 	return k, nil
 }
 
-// VerifyKeys implements backends.KeyVerifier.
+// VerifyKeys implements backends.KeyVerifier. Only loaded key material is
+// checked: once it passed, or for a state created in this process, the
+// check costs nothing (key material is only ever added by generating it).
 func (k *Keys) VerifyKeys() error {
+	if k.verified.Load() {
+		return nil
+	}
 	return k.Read(func(st *x3dh.State) error {
 		if err := st.VerifyKeys(k.X3DH); err != nil {
 			return fmt.Errorf("%w: %w", backends.ErrCorruptKeys, err)
 		}
+		k.verified.Store(true)
 		return nil
 	})
 }
