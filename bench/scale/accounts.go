@@ -161,6 +161,11 @@ func runAccounts(ctx context.Context, o *options, b backing, n int) (*result, er
 	r.Goroutines = runtime.NumGoroutine()
 	r.HeapPerAccount = (float64(heap) - float64(base)) / float64(n)
 	o.progress("idle: %d goroutines, %.1f KiB per account", r.Goroutines, r.HeapPerAccount/1024)
+	if o.heapProf != "" {
+		if err := writeHeapProfile(o.heapProf); err != nil {
+			return nil, err
+		}
+	}
 
 	// Restart all: close every Manager, every Store and the database, then
 	// open and start everything again.

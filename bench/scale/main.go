@@ -77,7 +77,7 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "directory for the bbolt files (default: the system's temporary directory)")
 	flag.StringVar(&o.dsn, "dsn", "", "PostgreSQL server (a database the cases may create databases from); default: start a throw-away cluster")
 	flag.StringVar(&kase, "case", "", "run one case and print its result (devices:STORE:N, accounts:STORE:M, steady:STORE)")
-	flag.StringVar(&o.heapProf, "heapprofile", "", "with -case devices: write a heap profile (after messaging every device) to this file")
+	flag.StringVar(&o.heapProf, "heapprofile", "", "with -case: write a heap profile to this file (devices: after messaging every device; accounts: all started and idle)")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "with -case: write a CPU profile of the case to this file")
 	flag.BoolVar(&o.verbose, "v", false, "progress on stderr")
 	flag.Parse()
