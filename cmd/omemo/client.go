@@ -19,6 +19,7 @@ import (
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/reconnect"
 	"mellium.im/omemo/store"
+	"mellium.im/omemo/store/postgres"
 	"mellium.im/sasl"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/dial"
@@ -329,8 +330,21 @@ func (c *client) pluginConfig() omemo.Config {
 		Label:        deviceLabel,
 		SendPresence: true,
 		Logger:       logger,
-		OnError:      func(err error) { c.out.warn("%v", err) },
+		OnError:      c.onError,
 		ManualAck:    true,
+	}
+}
+
+// onError is the plugin's Config.OnError: a warning. A command kept
+// connected (listen, chat) also ends when it lost its account in a
+// PostgreSQL state database (postgres.ErrLeaseLost: the database
+// connection holding it broke, or another process took the account
+// over), since the plugin can store nothing from then on: it fails with
+// an errStoreLost, and what it did not print is printed by the next run.
+func (c *client) onError(err error) {
+	c.out.warn("%v", err)
+	if c.live != nil && errors.Is(err, postgres.ErrLeaseLost) {
+		c.live.loseStore(err)
 	}
 }
 
@@ -487,6 +501,9 @@ func (c *client) done() <-chan struct{} {
 // command did. It must be called only after done was closed.
 func (c *client) lost() error {
 	if c.live != nil {
+		if c.live.storeErr != nil {
+			return c.live.storeErr
+		}
 		if c.live.runErr != nil {
 			return trimReconnect(c.live.runErr)
 		}

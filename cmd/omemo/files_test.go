@@ -318,7 +318,7 @@ func TestCLIFiles(t *testing.T) {
 		if len(lines) != 3 {
 			t.Fatalf("listen -room (text) printed %q", lines)
 		}
-		textRE := regexp.MustCompile(`^\[` + regexp.QuoteMeta(room) + `\] "alice" \(alice@localhost\) \[device \d+, OMEMO 2, [a-z-]+\]: (.+) \[file, not downloaded: (https://localhost:\d+/file_share/[^ #]+)\]$`)
+		textRE := regexp.MustCompile(`^\[` + regexp.QuoteMeta(room) + `\] "alice" \(alice@localhost\) \[device \d+, OMEMO 2, [a-z-]+(?:, key exchange)?\]: (.+) \[file, not downloaded: (https://localhost:\d+/file_share/[^ #]+)\]$`)
 		for i, f := range files {
 			m := textRE.FindStringSubmatch(lines[i])
 			if m == nil || m[1] != f.name {

@@ -48,11 +48,36 @@ type liveState struct {
 	// (see connect); called once that session is closed.
 	negCancel context.CancelFunc
 
+	// storeErr is set (once, before runCancel) when the account's
+	// PostgreSQL lease was lost; read after runDone is closed.
+	storeErr  error
+	storeOnce sync.Once
+
 	// The command's goroutine only:
 	// offline is set from a "disconnected" line to the next "connected".
 	offline bool
 	// echoes wait for the next connection (listen -echo).
 	echoes []omemo.Message
+}
+
+// storeLostError ends listen and chat when the account's lease in the
+// PostgreSQL state database was lost (it wraps postgres.ErrLeaseLost).
+type storeLostError struct{ err error }
+
+func (e *storeLostError) Error() string {
+	return "lost the account in the state database (its database connection broke, or another process took the account over); " +
+		"start the command again: " + e.err.Error()
+}
+
+func (e *storeLostError) Unwrap() error { return e.err }
+
+// loseStore ends reconnect.Run, and so the command, with a
+// storeLostError.
+func (l *liveState) loseStore(err error) {
+	l.storeOnce.Do(func() {
+		l.storeErr = &storeLostError{err: err}
+		l.runCancel()
+	})
 }
 
 // errInterrupted: the command was interrupted before the first connection
@@ -143,6 +168,9 @@ func openLive(ctx context.Context, g *globals, out *output) (*client, error) {
 	case <-l.firstUp:
 	case <-l.runDone:
 		err := l.runErr
+		if l.storeErr != nil {
+			err = l.storeErr
+		}
 		if err == nil {
 			err = errors.New("the connection ended while starting")
 		}

@@ -137,6 +137,14 @@
 // PGPASSWORD and a password file work as for psql, and keep the password off
 // the command line.
 //
+// A process that loses its account (the database ended its connections,
+// or the network failed) can store nothing more: listen and chat then end
+// with exit status 1 and "omemo: lost the account in the state database
+// (…); start the command again: …". They do not reconnect to the
+// database themselves; what they had not acknowledged is printed by the
+// next run (a message printed just before may be printed again), and
+// what they had not decrypted is read from the archive.
+//
 // Errors go to stderr and the exit status is 1 (2 for usage errors).
 // Progress goes to stderr unless -json is set.
 package main // import "mellium.im/omemo/cmd/omemo"

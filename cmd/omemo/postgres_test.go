@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"mellium.im/omemo/internal/pgtest"
 	"mellium.im/omemo/internal/prosodytest"
 	"mellium.im/omemo/store"
@@ -346,7 +348,93 @@ func TestCLIPostgres(t *testing.T) {
 		t.Fatalf("the next listen printed %q, want only the new message", lines)
 	}
 	stderrs = append(stderrs, l.stderr.String())
+
+	// The database ends the listener's connections (as a restart of the
+	// server would): listen stores nothing from then on, so it ends with
+	// an error; the next run prints what it missed.
+	l = c.startIn(t, "", bobEnv, c.pgArgs("", "bob", "-json", "listen", "-for", "60s")...)
+	c.mustRun(t, c.pgArgs(dsn, "alice", "send", "-to", "bob@localhost", "before the cut")...)
+	waitLine(t, l, `"body":"before the cut"`, 20*time.Second)
+	// Its acknowledgement is committed within 200 ms.
+	time.Sleep(time.Second)
+	terminateBackends(t, dsn)
+	var cut []string
+	for i := 0; ; i++ {
+		body := fmt.Sprint("after the cut ", i)
+		c.mustRun(t, c.pgArgs(dsn, "alice", "send", "-to", "bob@localhost", body)...)
+		cut = append(cut, body)
+		select {
+		case <-l.done:
+		case <-time.After(2 * time.Second):
+			if i < 5 {
+				continue
+			}
+			t.Fatalf("listen goes on after its database connections ended; stdout:\n%s\nstderr:\n%s", strings.Join(l.stdout(), "\n"), l.stderr)
+		}
+		break
+	}
+	errOut = l.stderr.String()
+	stderrs = append(stderrs, errOut)
+	if code := l.wait(time.Second); code != exitError || !strings.Contains(errOut, "omemo: lost the account in the state database") ||
+		!strings.Contains(errOut, "start the command again") || !strings.Contains(errOut, postgres.ErrLeaseLost.Error()) {
+		t.Fatalf("listen after its database connections ended: exit %d; stderr:\n%s", code, errOut)
+	}
+	printedCut := map[string]bool{}
+	for _, line := range l.stdout() {
+		printedCut[decode[messageJSON](t, line).Body] = true
+	}
+	l = c.startIn(t, "", bobEnv, c.pgArgs("", "bob", "-json", "listen", "-for", "30s")...)
+	for _, body := range cut {
+		if !printedCut[body] {
+			waitLine(t, l, `"body":"`+body+`"`, 20*time.Second)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	// Each message once; one that the cut listen printed (but could
+	// not acknowledge any more) may come again, under its delivery id.
+	again := map[string]int{}
+	for _, line := range l.stdout() {
+		body := decode[messageJSON](t, line).Body
+		if again[body]++; again[body] > 1 || !slices.Contains(cut, body) {
+			t.Errorf("the listen after the cut printed %q (%d times)", body, again[body])
+		}
+	}
+	n := 0
+	for _, body := range cut {
+		if printedCut[body] {
+			n++
+		}
+	}
+	t.Logf("cut: listen ended after %d messages, printed %d of them, the next listen %d; the error: %s", len(cut), n, len(again),
+		errOut[strings.LastIndex(strings.TrimSuffix(errOut, "\n"), "\n")+1:])
+	if err := l.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := l.wait(10 * time.Second); code != 0 {
+		t.Fatalf("listen after SIGINT: exit %d; stderr:\n%s", code, l.stderr)
+	}
+	stderrs = append(stderrs, l.stderr.String())
 	t.Logf("took %v", time.Since(began))
+}
+
+// terminateBackends ends every other connection to the database of dsn, as
+// a restart of the server would.
+func terminateBackends(t *testing.T, dsn string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no connection to end")
+	}
 }
 
 // inboxBodies returns the bodies of the messages the account's durable
