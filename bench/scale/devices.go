@@ -15,6 +15,7 @@ import (
 	"mellium.im/omemo/backends/twomemo"
 	"mellium.im/omemo/session"
 	"mellium.im/omemo/session/sessiontest"
+	"mellium.im/omemo/store"
 )
 
 // factories are the backends of every Manager: both, OMEMO 2 first, as
@@ -131,17 +132,44 @@ func runDevices(ctx context.Context, o *options, b backing, n int) (*result, err
 			}
 		}
 	}
-	defer st.Close()
-	defer m.Close()
+	defer func() {
+		m.Close()
+		st.Close()
+	}()
 	r.Open, r.Start = opens.stat(), starts.stat()
 	r.StartCommits = float64(startCommits) / float64(o.restarts)
 	o.progress("start %v (CPU %v), store open %v", r.Start.Median, r.Start.CPU, r.Open.Median)
 
-	// Steady Encrypt, to one account (one device unless -per-jid) per
-	// message: to the accounts of a working set (their sessions in the
-	// cache), and to any account (with many devices, mostly read from the
-	// store), interleaved with each other and with the commit floor so
-	// that all three see the same disk.
+	// Steady Encrypt, durable, then again on the store reopened without
+	// durable commits (bbolt without fsync, PostgreSQL with
+	// synchronous_commit off), which takes the disk's noise out of the
+	// comparison between sizes.
+	if err := steadyEncrypt(ctx, o, m, st, c, r.N, &r.EncWarm, &r.EncAny, &r.Floor, &r.EncCommits); err != nil {
+		return nil, err
+	}
+	m.Close()
+	if err := st.Close(); err != nil {
+		return nil, err
+	}
+	if st, err = b.single(ctx, true); err != nil {
+		return nil, err
+	}
+	if m, err = session.New(ctx, st, c, cfg); err != nil {
+		return nil, err
+	}
+	var nc float64
+	if err := steadyEncrypt(ctx, o, m, st, c, r.N, &r.EncWarmNoSync, &r.EncAnyNoSync, &r.FloorNoSync, &nc); err != nil {
+		return nil, err
+	}
+	return r, errs.err()
+}
+
+// steadyEncrypt measures Encrypt to one account (one device unless
+// -per-jid) per message: to the accounts of a working set (their sessions
+// in the cache), and to any account (with many devices, mostly read from
+// the store), interleaved with each other and with the commit floor so
+// that all three see the same disk.
+func steadyEncrypt(ctx context.Context, o *options, m *session.Manager, st store.Store, c *crowd, n int, warmT, anyT, floorT *timing, perOp *float64) error {
 	accounts := c.accounts()
 	encrypt := func(account int) error {
 		res, err := m.Encrypt(ctx, []string{c.jid(account)}, plaintext, nil)
@@ -156,7 +184,7 @@ func runDevices(ctx context.Context, o *options, b backing, n int) (*result, err
 	ws := min(o.workSet, accounts)
 	for i := range ws {
 		if err := encrypt(i); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	rng := mathrand.New(mathrand.NewPCG(uint64(n), 16))
@@ -165,22 +193,22 @@ func runDevices(ctx context.Context, o *options, b backing, n int) (*result, err
 	for i := range o.messages {
 		c0 := commits(st)
 		if err := warm.measure(func() error { return encrypt(i % ws) }); err != nil {
-			return nil, err
+			return err
 		}
 		a := rng.IntN(accounts)
 		if err := anyDev.measure(func() error { return encrypt(a) }); err != nil {
-			return nil, err
+			return err
 		}
 		encCommits += commits(st) - c0
 		if err := floor.measure(func() error { return floorCommit(ctx, st) }); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	r.EncCommits = float64(encCommits) / float64(2*o.messages)
-	r.EncWarm, r.EncAny, r.Floor = warm.stat(), anyDev.stat(), floor.stat()
-	o.progress("Encrypt: working set %v (CPU %v), any device %v (CPU %v), floor %v",
-		r.EncWarm.Median, r.EncWarm.CPU, r.EncAny.Median, r.EncAny.CPU, r.Floor.Median)
-	return r, errs.err()
+	*perOp = float64(encCommits) / float64(2*o.messages)
+	*warmT, *anyT, *floorT = warm.stat(), anyDev.stat(), floor.stat()
+	o.progress("Encrypt: working set %v (CPU %v), any device %v (CPU %v), floor %v (CPU %v)",
+		warmT.Median, warmT.CPU, anyT.Median, anyT.CPU, floorT.Median, floorT.CPU)
+	return nil
 }
 
 // messageAll makes m learn the device list of every account of c and send

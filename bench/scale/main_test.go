@@ -45,21 +45,28 @@ func TestSmoke(t *testing.T) {
 			}
 			t.Logf("\n%s", out.String())
 			rows := tableRows(out.String(), name)
-			if len(rows) != 3 {
-				t.Fatalf("%d rows for %s, want 3 (one per table)", len(rows), name)
+			if len(rows) != 4 {
+				t.Fatalf("%d rows for %s, want 4 (one per table)", len(rows), name)
 			}
-			devices, accounts, steady := rows[0], rows[1], rows[2]
+			devices, encrypt, accounts, steady := rows[0], rows[1], rows[2], rows[3]
 
-			// | store | devices | live heap | RSS | start (New) | commits/start | store open |
-			// Encrypt, working set | Encrypt, any device | commit floor | commits/Encrypt | store size | setup |
-			if len(devices) != 13 || devices[1] != "300" {
+			// | store | devices | live heap | RSS | start (New) | commits/start | store open | store size | setup |
+			if len(devices) != 9 || devices[1] != "300" {
 				t.Fatalf("devices row %q", devices)
 			}
-			for _, i := range []int{2, 3, 4, 6, 7, 8, 9, 11, 12} {
+			for _, i := range []int{2, 3, 4, 5, 6, 7, 8} {
 				mustFigure(t, "devices", devices[i])
 			}
-			if devices[10] != "1.00" {
-				t.Errorf("commits per steady Encrypt: %s, want 1.00", devices[10])
+			// | store | devices | working set | any device | floor | working set, no sync |
+			// any device, no sync | floor, no sync | commits/Encrypt |
+			if len(encrypt) != 9 || encrypt[1] != "300" {
+				t.Fatalf("Encrypt row %q", encrypt)
+			}
+			for _, i := range []int{2, 3, 4, 5, 6, 7} {
+				mustFigure(t, "Encrypt", encrypt[i])
+			}
+			if encrypt[8] != "1.00" {
+				t.Errorf("commits per steady Encrypt: %s, want 1.00", encrypt[8])
 			}
 
 			// | store | accounts | start all | goroutines, idle | heap per idle account | restart all |
