@@ -6,118 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"mellium.im/omemo/backends"
 	"mellium.im/omemo/store"
 )
 
-// maxPending bounds the background queue; beyond it new work is dropped
-// and reported, so a flood of key exchanges cannot grow memory without
-// bound.
-const maxPending = 10000
-
-// worker runs follow-up network work (bundle uploads, empty messages) one
-// task at a time, off the caller's goroutine. Tasks with the same key are
-// coalesced while pending.
-type worker struct {
-	ctx     context.Context
-	onError func(error)
-
-	mu      sync.Mutex
-	cond    *sync.Cond
-	pending []string
-	tasks   map[string]func(context.Context) error
-	busy    bool
-	closed  bool
-	done    chan struct{}
-}
-
-func newWorker(ctx context.Context, onError func(error)) *worker {
-	w := &worker{ctx: ctx, onError: onError, tasks: map[string]func(context.Context) error{}, done: make(chan struct{})}
-	w.cond = sync.NewCond(&w.mu)
-	go w.run()
-	return w
-}
-
-func (w *worker) enqueue(key string, f func(context.Context) error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return
-	}
-	if _, ok := w.tasks[key]; ok {
-		w.tasks[key] = f
-		return
-	}
-	if len(w.pending) >= maxPending {
-		w.onError(fmt.Errorf("omemo: background queue full, dropped %s", key))
-		return
-	}
-	w.pending = append(w.pending, key)
-	w.tasks[key] = f
-	w.cond.Broadcast()
-}
-
-func (w *worker) run() {
-	defer close(w.done)
-	for {
-		w.mu.Lock()
-		for len(w.pending) == 0 && !w.closed {
-			w.cond.Wait()
-		}
-		if w.closed {
-			w.mu.Unlock()
-			return
-		}
-		key := w.pending[0]
-		w.pending = w.pending[1:]
-		f := w.tasks[key]
-		delete(w.tasks, key)
-		w.busy = true
-		w.mu.Unlock()
-
-		if err := f(w.ctx); err != nil && w.ctx.Err() == nil {
-			w.onError(err)
-		}
-
-		w.mu.Lock()
-		w.busy = false
-		w.cond.Broadcast()
-		w.mu.Unlock()
-	}
-}
-
-// idle waits until no work is pending or running, or ctx is done.
-func (w *worker) idle(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() {
-		w.mu.Lock()
-		w.cond.Broadcast()
-		w.mu.Unlock()
-	})
-	defer stop()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for (len(w.pending) > 0 || w.busy) && !w.closed {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		w.cond.Wait()
-	}
-	return nil
-}
-
-func (w *worker) close() {
-	w.mu.Lock()
-	w.closed = true
-	w.cond.Broadcast()
-	w.mu.Unlock()
-	<-w.done
-}
-
 // Flush waits until the background work queued so far (bundle uploads,
-// empty messages) is done.
+// empty messages, and the timed checks that are due) is done. Timed work
+// that is not due yet is not waited for (see WaitOwnList for the checks
+// of the own device lists).
 func (m *Manager) Flush(ctx context.Context) error {
 	if err := m.check(); err != nil {
 		return err
@@ -125,47 +23,49 @@ func (m *Manager) Flush(ctx context.Context) error {
 	return m.work.idle(ctx)
 }
 
-// rotation is the result of a rotation check.
-type rotation struct {
-	next time.Duration
-	err  error
+// scheduleRotation arms the next rotation check after one that returned
+// next and err: a little after the next rotation is due, and at least
+// about hourly so that a clock change is noticed; after a failure, retry
+// after 60 s, doubling up to an hour. Failures are reported to OnError,
+// except those of a closed Manager. The checks run as tasks of the
+// Manager's queue on its Scheduler, which hold no goroutine while they
+// wait.
+//
+// The first check runs before New returns, so that a Manager's rotation
+// state is settled when the application gets it.
+func (m *Manager) scheduleRotation(next time.Duration, err error) {
+	if err != nil && (errors.Is(err, ErrClosed) || m.work.ctx.Err() != nil) {
+		return // closed (possibly during the check): not a failure
+	}
+	if err != nil {
+		m.cfg.OnError(err)
+	}
+	m.rotMu.Lock()
+	defer m.rotMu.Unlock()
+	if m.closed.Load() {
+		return
+	}
+	var wait time.Duration
+	if err != nil {
+		wait = max(m.rotRetry, time.Minute)
+		m.rotRetry = min(2*wait, time.Hour)
+	} else {
+		m.rotRetry = 0
+		// The hourly check is jittered, so that the checks of accounts
+		// started together spread out.
+		wait = min(next+time.Minute, jitter(time.Hour))
+	}
+	if m.rotTimer == nil {
+		m.rotTimer = m.work.after(wait, "rotate", m.rotationCheck)
+	} else {
+		m.rotTimer.Reset(wait)
+	}
 }
 
-// rotateLoop rotates signed pre keys when they are due and republishes the
-// bundle, retrying failed uploads after 60 s, doubling up to an hour.
-//
-// The first check runs before New returns (first is its result), so that
-// a Manager's rotation state is settled when the application gets it.
-func (m *Manager) rotateLoop(ctx context.Context, first rotation) {
-	defer close(m.done)
-	retry := time.Minute
-	for i := 0; ; i++ {
-		next, err := first.next, first.err
-		if i > 0 {
-			next, err = m.RotateSignedPreKeys(ctx)
-		}
-		wait := next
-		if err != nil && (errors.Is(err, ErrClosed) || ctx.Err() != nil) {
-			return // closed (possibly before this first run): not a failure
-		}
-		if err != nil {
-			m.cfg.OnError(err)
-			wait = retry
-			retry = min(2*retry, time.Hour)
-		} else {
-			retry = time.Minute
-			// Wake up a little after the due time, and at least hourly so
-			// that a clock change is noticed.
-			wait = min(next+time.Minute, time.Hour)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
+// rotationCheck is the task of a timed rotation check.
+func (m *Manager) rotationCheck(ctx context.Context) error {
+	m.scheduleRotation(m.RotateSignedPreKeys(ctx))
+	return nil
 }
 
 // RotateSignedPreKeys rotates the signed pre key of every backend whose key
@@ -174,8 +74,8 @@ func (m *Manager) rotateLoop(ctx context.Context, first rotation) {
 // kept for one more period.
 //
 // A rotation and the need to publish it are committed together: a bundle
-// upload that fails is retried by every later call (the background loop
-// calls again with backoff, and at every start) until it succeeds, and no
+// upload that fails is retried by every later call (the background checks
+// call again with backoff, and at every start) until it succeeds, and no
 // backend rotates again before its last rotation was published, so that
 // peers never hold a signed pre key two rotations old.
 func (m *Manager) RotateSignedPreKeys(ctx context.Context) (time.Duration, error) {
@@ -285,6 +185,27 @@ func (m *Manager) settleQueue(ctx context.Context) error {
 	type queued struct {
 		ns, jid string
 		dev     uint32
+	}
+	// Most starts find nothing to settle: look before writing.
+	m.mu.Lock()
+	hidden := false
+	for _, be := range m.backends {
+		hidden = hidden || len(be.HiddenPreKeys()) > 0
+	}
+	m.mu.Unlock()
+	if !hidden {
+		queued := false
+		if err := m.store.View(ctx, func(tx store.Tx) error {
+			return tx.Scan(prefixQueue, func(string, []byte) error {
+				queued = true
+				return store.ErrStopScan
+			})
+		}); err != nil {
+			return storageErr(err)
+		}
+		if !queued {
+			return nil
+		}
 	}
 	var q []queued
 	err := m.update(ctx, func(tx store.Tx) error {

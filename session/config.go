@@ -124,6 +124,15 @@ type Config struct {
 	// Manager starts in it, as python-omemo does: call AfterHistorySync
 	// once the catch-up (MAM) after login is done.
 	StartSynced bool
+	// Scheduler runs the Manager's background work (see Scheduler), on a
+	// pool of goroutines shared with the other Managers that use it; an
+	// idle Manager runs no goroutine of its own. If nil, the Manager uses
+	// a Scheduler shared by the whole process, with
+	// DefaultSchedulerWorkers workers. Give the Managers of a server with
+	// many accounts a Scheduler of their own to set their bound on
+	// concurrent background work (and so on the network calls that it has
+	// in flight), or to keep them apart from other Managers.
+	Scheduler *Scheduler
 }
 
 func (c *Config) resolve() (Config, error) {
@@ -173,6 +182,9 @@ func (c *Config) resolve() (Config, error) {
 	}
 	if r.NetworkTimeout < 0 {
 		return r, fmt.Errorf("%w: negative network timeout", ErrInvalidConfig)
+	}
+	if r.Scheduler == nil {
+		r.Scheduler = defaultScheduler()
 	}
 	if r.Now == nil {
 		r.Now = time.Now

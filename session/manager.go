@@ -8,6 +8,7 @@ import (
 	"fmt"
 	mathrand "math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,22 +52,28 @@ type Manager struct {
 	// that it can be read without the lock.
 	order atomic.Pointer[nsOrder]
 
-	// watching holds the running background checks of the own device
-	// lists, by namespace (see watchOwnList); watchCtx ends with Close.
+	// watching holds the pending checks of the own device lists after a
+	// publish, by namespace (see watchOwnList; allocated while one is);
+	// watchWG counts them.
 	watchMu  sync.Mutex
-	watching map[string]chan struct{}
-	watchCtx context.Context
+	watching map[string]*ownWatch
 	watchWG  sync.WaitGroup
 
 	// graceTimer runs the next sweep of used pre keys (background.go).
 	graceMu    sync.Mutex
 	graceTimer *time.Timer
 
+	// rotTimer runs the next signed pre key rotation check; rotRetry is
+	// the wait before the next retry of a failed one (background.go).
+	rotMu    sync.Mutex
+	rotTimer *time.Timer
+	rotRetry time.Duration
+
 	syncing atomic.Bool // history synchronisation mode
 	closed  atomic.Bool
-	work    *worker
-	stop    context.CancelFunc
-	done    chan struct{}
+	// work is the Manager's queue of background work on its Scheduler.
+	work worker
+	stop context.CancelFunc
 }
 
 // New opens the session manager of cfg.JID on st, starting the account's
@@ -74,7 +81,8 @@ type Manager struct {
 // failed earlier run left behind: it republishes device lists and bundles
 // that are missing or differ, sets up backends added since the last run
 // and purges backends removed since. It starts the signed pre key rotation
-// and the background worker; Close stops them.
+// checks and the background work, on Config.Scheduler; Close stops them.
+// An idle Manager runs no goroutine of its own.
 func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager, error) {
 	c, err := cfg.resolve()
 	if err != nil {
@@ -85,18 +93,17 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	}
 	cache := newReadCache(c.CacheBudget)
 	m := &Manager{cfg: c, store: st, net: boundedNetwork{net, c.NetworkTimeout}, backends: map[string]backends.Backend{}, cache: cache, misses: &bundleMisses{cache},
-		saved: map[string]loadedSession{}, watching: map[string]chan struct{}{}}
-	order := make([]string, 0, len(c.Backends))
-	for _, f := range c.Backends {
-		order = append(order, f.Namespace)
-	}
-	m.order.Store(newNSOrder(order))
+		saved: map[string]loadedSession{}}
+	m.order.Store(sharedNSOrder(c.Backends))
 	m.syncing.Store(!c.StartSynced)
 	bg, stop := context.WithCancel(context.Background())
-	m.watchCtx = bg
+	m.stop = stop
+	// The queue exists from the start: the checks of the own device lists
+	// that the repair starts run on it.
+	m.work.init(c.Scheduler, bg, c.OnError)
 	fail := func(err error) (*Manager, error) {
-		stop()
-		m.watchWG.Wait()
+		m.closed.Store(true)
+		m.shutdown()
 		return nil, err
 	}
 
@@ -106,21 +113,56 @@ func New(ctx context.Context, st store.Store, net Network, cfg Config) (*Manager
 	if err := m.repair(ctx); err != nil {
 		return fail(err)
 	}
-	m.stop = stop
-	m.done = make(chan struct{})
-	m.work = newWorker(bg, c.OnError)
 	if !m.syncing.Load() {
 		m.work.enqueue("settle-queue", m.settleQueue)
 	}
 	m.work.enqueue("grace-sweep", m.sweepGrace)
-	var first rotation
-	first.next, first.err = m.RotateSignedPreKeys(ctx)
-	go m.rotateLoop(bg, first)
+	m.scheduleRotation(m.RotateSignedPreKeys(ctx))
 	return m, nil
 }
 
-// Close stops the background work and waits for it. It does not close the
-// store. Calls after Close fail with ErrClosed.
+// nsOrders holds the namespace orders that Managers start with, by their
+// namespaces joined with NULs: the Managers of one program have a few
+// configurations at most, and an nsOrder is never modified, so that they
+// share it.
+var nsOrders struct {
+	sync.Mutex
+	m map[string]*nsOrder
+}
+
+// maxSharedOrders bounds nsOrders; other orders are not shared.
+const maxSharedOrders = 64
+
+// sharedNSOrder returns the namespace order of backends fs.
+func sharedNSOrder(fs []backends.Factory) *nsOrder {
+	var key strings.Builder
+	for _, f := range fs {
+		key.WriteString(f.Namespace)
+		key.WriteByte(0)
+	}
+	nsOrders.Lock()
+	defer nsOrders.Unlock()
+	if o, ok := nsOrders.m[key.String()]; ok {
+		return o
+	}
+	order := make([]string, 0, len(fs))
+	for _, f := range fs {
+		order = append(order, f.Namespace)
+	}
+	o := newNSOrder(order)
+	if len(nsOrders.m) < maxSharedOrders {
+		if nsOrders.m == nil {
+			nsOrders.m = map[string]*nsOrder{}
+		}
+		nsOrders.m[key.String()] = o
+	}
+	return o
+}
+
+// Close stops the background work and waits for it: it cancels the
+// Manager's pending tasks on its Scheduler and waits for the one running,
+// if any. It does not close the store. Calls after Close fail with
+// ErrClosed.
 //
 // Background work not done yet is not lost: the empty replies owed to key
 // exchanges and heartbeats are queued in the store and sent at the next
@@ -131,16 +173,32 @@ func (m *Manager) Close() error {
 	if m.closed.Swap(true) {
 		return nil
 	}
+	m.shutdown()
+	return nil
+}
+
+// shutdown stops the background work of a Manager marked closed: its
+// timers, its queue (waiting for the running task) and the checks of the
+// own device lists.
+func (m *Manager) shutdown() {
 	m.stop()
 	m.graceMu.Lock()
 	if m.graceTimer != nil {
 		m.graceTimer.Stop()
 	}
 	m.graceMu.Unlock()
+	m.rotMu.Lock()
+	if m.rotTimer != nil {
+		m.rotTimer.Stop()
+	}
+	m.rotMu.Unlock()
 	m.work.close()
-	<-m.done
+	m.watchMu.Lock()
+	for ns, w := range m.watching {
+		m.endWatchLocked(ns, w)
+	}
+	m.watchMu.Unlock()
 	m.watchWG.Wait()
-	return nil
 }
 
 func (m *Manager) check() error {
@@ -475,7 +533,7 @@ func putKeys(tx store.Tx, b backends.Backend) error {
 // loadOrCreate loads the identity, the device id and the backends' keys,
 // creating what is missing in one transaction.
 func (m *Manager) loadOrCreate(ctx context.Context) error {
-	var haveID bool
+	var haveID, settled bool
 	err := m.store.View(ctx, func(tx store.Tx) error {
 		raw, err := tx.Get(keyIdentity)
 		switch {
@@ -499,10 +557,18 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 			m.devID = binary.BigEndian.Uint32(raw)
 			haveID = true
 		}
-		return nil
+		if m.id == nil || !haveID {
+			return nil
+		}
+		// Most starts find everything in place: look before writing.
+		settled, err = m.loadSettled(tx)
+		return err
 	})
 	if err != nil {
 		return storageErr(err)
+	}
+	if settled {
+		return nil
 	}
 
 	// A new device id must collide with no device in the own lists.
@@ -589,6 +655,65 @@ func (m *Manager) loadOrCreate(ctx context.Context) error {
 		}
 		return m.indexIdentityOwners(tx)
 	}))
+}
+
+// loadSettled loads the backends of an account whose identity and device
+// id are stored, and reports whether everything else that loadOrCreate
+// writes is in place too: the key material of every backend, the own
+// device record as loadOrCreate makes it, the record of the namespaces
+// and the index of identity owners. Then a start writes nothing; if
+// anything is missing or differs, it loads nothing and loadOrCreate
+// writes what is due.
+func (m *Manager) loadSettled(tx store.Tx) (bool, error) {
+	rec, err := getDevice(tx, m.cfg.JID, m.devID)
+	if err != nil || !rec.HasIdentityKey || rec.IdentityKey != m.id.PublicKey() || rec.Label != m.ownLabelTx(tx) {
+		return false, nil // the write path reports a corrupt record
+	}
+	nss := m.namespaces()
+	n := 0
+	for ns, active := range rec.Active.all() {
+		if !active || !slices.Contains(nss, ns) {
+			return false, nil
+		}
+		n++
+	}
+	if n != len(nss) {
+		return false, nil
+	}
+	stored, recorded, err := storedNamespaces(tx)
+	if err != nil || !recorded {
+		return false, err
+	}
+	for _, ns := range nss {
+		if !slices.Contains(stored, ns) {
+			return false, nil
+		}
+	}
+	for _, k := range []string{keyIdentityOwner(m.id.PublicKey()), keyIdentityOwnersIndexed} {
+		if _, err := tx.Get(k); errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+	}
+	loaded := make(map[string]backends.Backend, len(m.cfg.Backends))
+	for _, f := range m.cfg.Backends {
+		raw, err := tx.Get(keyBackendKeys(f.Namespace))
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		b, err := f.New(m.id, raw, m.cfg.backendOptions())
+		if err != nil {
+			return false, fmt.Errorf("omemo: backend %s: %w", f.Namespace, err)
+		}
+		loaded[f.Namespace] = b
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.backends = loaded
+	return true, nil
 }
 
 func (m *Manager) ownLabelTx(tx store.Tx) string {
@@ -701,6 +826,9 @@ func bundlesEqual(a, b bundle.Bundle) bool {
 		len(a.PreKeys) != len(b.PreKeys) {
 		return false
 	}
+	if slices.Equal(a.PreKeys, b.PreKeys) {
+		return true // in the same order, as a server returns what was published
+	}
 	set := make(map[bundle.PreKey]bool, len(a.PreKeys))
 	for _, pk := range a.PreKeys {
 		set[pk] = true
@@ -798,6 +926,16 @@ const maxOwnListPublishes = 8
 // ownListChecks are the delays of the background checks after a publish.
 var ownListChecks = []time.Duration{300 * time.Millisecond, time.Second, 2500 * time.Millisecond}
 
+// testOwnListChecks replaces ownListChecks in tests, if set.
+var testOwnListChecks atomic.Pointer[[]time.Duration]
+
+func ownListDelays() []time.Duration {
+	if d := testOwnListChecks.Load(); d != nil {
+		return *d
+	}
+	return ownListChecks
+}
+
 // confirmOwnListed reads the own list of ns back until it holds this
 // device, publishing it again (merged with what the server has) with a
 // jittered backoff, then starts the background checks.
@@ -844,62 +982,112 @@ func (m *Manager) ensureOwnListed(ctx context.Context, ns string) error {
 	}
 }
 
+// ownWatch is the state of the checks of an own device list after a
+// publish.
+type ownWatch struct {
+	delays  []time.Duration // ownListChecks
+	step    int             // the pending check is after delays[step]
+	timer   *time.Timer     // its timer; nil once it fired
+	restart bool            // started over while a check was queued or running
+}
+
 // watchOwnList checks in the background, after each delay of
 // ownListChecks, that this device is still on the own list of ns,
 // republishing it if not (and starting the checks over). A watch already
-// running for ns starts over instead.
+// running for ns starts over instead. The waits are timers and the checks
+// tasks of the Manager's queue: a watch holds no goroutine.
 func (m *Manager) watchOwnList(ns string) {
 	m.watchMu.Lock()
 	defer m.watchMu.Unlock()
-	if m.closed.Load() || m.watchCtx == nil {
+	if m.closed.Load() {
 		return
 	}
-	if kick, ok := m.watching[ns]; ok {
-		select {
-		case kick <- struct{}{}:
-		default:
+	if w, ok := m.watching[ns]; ok {
+		w.step = 0
+		if w.timer != nil && w.timer.Stop() {
+			m.armWatchLocked(ns, w)
+		} else {
+			w.restart = true // the check in progress starts over when done
 		}
 		return
 	}
-	kick := make(chan struct{}, 1)
-	m.watching[ns] = kick
+	w := &ownWatch{delays: ownListDelays()}
+	if m.watching == nil {
+		m.watching = map[string]*ownWatch{}
+	}
+	m.watching[ns] = w
 	m.watchWG.Add(1)
-	go func() {
-		defer m.watchWG.Done()
-		defer func() {
-			m.watchMu.Lock()
-			delete(m.watching, ns)
+	m.armWatchLocked(ns, w)
+}
+
+// armWatchLocked starts the timer of the next check of w. The caller
+// holds watchMu.
+func (m *Manager) armWatchLocked(ns string, w *ownWatch) {
+	w.timer = time.AfterFunc(jitter(w.delays[w.step]), func() {
+		m.watchMu.Lock()
+		if m.watching[ns] != w {
 			m.watchMu.Unlock()
-		}()
-		ctx := m.watchCtx
-		for i := 0; i < len(ownListChecks); i++ {
-			t := time.NewTimer(jitter(ownListChecks[i]))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-kick:
-				t.Stop()
-				i = -1
-				continue
-			case <-t.C:
-			}
-			if !slices.Contains(m.namespaces(), ns) {
-				return // purged meanwhile
-			}
-			l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
-			if err != nil {
-				continue
-			}
-			if slices.ContainsFunc(l.Devices, func(d devicelist.Device) bool { return d.ID == m.devID }) {
-				continue
-			}
+			return // ended meanwhile
+		}
+		w.timer = nil
+		m.watchMu.Unlock()
+		if !m.work.enqueue("watch/"+ns, func(ctx context.Context) error { return m.checkOwnList(ctx, ns, w) }) {
+			m.watchMu.Lock()
+			m.endWatchLocked(ns, w) // closed, or a full queue
+			m.watchMu.Unlock()
+		}
+	})
+}
+
+// endWatchLocked ends the watch w of ns, if it is still the running one.
+// The caller holds watchMu.
+func (m *Manager) endWatchLocked(ns string, w *ownWatch) {
+	if m.watching[ns] != w {
+		return
+	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	delete(m.watching, ns)
+	if len(m.watching) == 0 {
+		m.watching = nil
+	}
+	m.watchWG.Done()
+}
+
+// checkOwnList is the task of one check of the watch w of ns.
+func (m *Manager) checkOwnList(ctx context.Context, ns string, w *ownWatch) error {
+	republished := false
+	purged := !slices.Contains(m.namespaces(), ns)
+	if !purged {
+		l, err := m.net.DownloadDeviceList(ctx, ns, m.cfg.JID)
+		if err == nil && !slices.ContainsFunc(l.Devices, func(d devicelist.Device) bool { return d.ID == m.devID }) {
 			if err := m.ensureOwnListed(ctx, ns); err != nil && ctx.Err() == nil {
 				m.cfg.OnError(fmt.Errorf("omemo: keeping this device on the own %s device list: %w", ns, err))
 			}
-			i = -1 // published again: check again from the start
+			republished = true
 		}
-	}()
+	}
+	m.watchMu.Lock()
+	defer m.watchMu.Unlock()
+	if m.watching[ns] != w {
+		return nil
+	}
+	switch {
+	case purged || m.closed.Load():
+		m.endWatchLocked(ns, w)
+		return nil
+	case republished || w.restart:
+		w.step, w.restart = 0, false // check again from the start
+	default:
+		w.step++
+	}
+	if w.step == len(w.delays) {
+		m.endWatchLocked(ns, w)
+		return nil
+	}
+	m.armWatchLocked(ns, w)
+	return nil
 }
 
 // WaitOwnList waits until the background checks that keep this device on
