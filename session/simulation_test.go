@@ -746,6 +746,11 @@ func simPairs(m map[[2]*simDevice]int) string {
 // the test sees it is not encrypted for.
 func (w *simWorld) removeFromList(d *simDevice) {
 	w.t.Helper()
+	// The checks that keep d on its own lists after a publish would put it
+	// back: as a device that is really gone, it runs none any more.
+	if err := d.m.WaitOwnList(w.ctx); err != nil {
+		w.t.Fatal(err)
+	}
 	for _, ns := range d.namespaces() {
 		l := w.srv.DeviceList(ns, d.jid)
 		l.Devices = slices.DeleteFunc(l.Devices, func(x devicelist.Device) bool { return x.ID == d.id })
