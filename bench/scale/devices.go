@@ -6,6 +6,7 @@ import (
 	mathrand "math/rand/v2"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,9 +19,42 @@ import (
 	"mellium.im/omemo/store"
 )
 
-// factories are the backends of every Manager: both, OMEMO 2 first, as
-// the plugin configures them.
+// factories are the backends of every Manager (-backends): by default
+// both, OMEMO 2 first, as the plugin configures them.
 var factories = []backends.Factory{twomemo.Factory, oldmemo.Factory}
+
+// setBackends sets factories from a list of names.
+func setBackends(list string) error {
+	var fs []backends.Factory
+	for _, name := range splitList(list) {
+		switch name {
+		case "twomemo":
+			fs = append(fs, twomemo.Factory)
+		case "oldmemo":
+			fs = append(fs, oldmemo.Factory)
+		default:
+			return fmt.Errorf("unknown backend %q (twomemo, oldmemo)", name)
+		}
+	}
+	if len(fs) == 0 || fs[0].Namespace != twomemo.Namespace {
+		return fmt.Errorf("-backends must start with twomemo (the synthetic peers are OMEMO 2 devices)")
+	}
+	factories = fs
+	return nil
+}
+
+// backendNames is the -backends value of factories.
+func backendNames() string {
+	var names []string
+	for _, f := range factories {
+		if f.Namespace == twomemo.Namespace {
+			names = append(names, "twomemo")
+		} else {
+			names = append(names, "oldmemo")
+		}
+	}
+	return strings.Join(names, ",")
+}
 
 // plaintext is a message of ordinary length in both namespaces.
 var plaintext = map[string][]byte{

@@ -62,12 +62,13 @@ type options struct {
 
 func main() {
 	var o options
-	var devices, accounts, stores, kase string
+	var devices, accounts, stores, kase, backendList string
 	var quick bool
 	flag.StringVar(&devices, "devices", "1000,10000,200000", "peer device counts of the one-account cases (empty: none)")
 	flag.StringVar(&accounts, "accounts", "1000,10000", "account counts of the many-accounts cases (empty: none)")
 	flag.StringVar(&stores, "stores", "bolt,postgres", "stores: bolt, postgres")
 	flag.BoolVar(&quick, "quick", false, "small sizes: -devices 1000,10000 -accounts 1000 -messages 300 -restarts 3")
+	flag.StringVar(&backendList, "backends", "twomemo,oldmemo", "backends of every Manager, in priority order (twomemo, oldmemo)")
 	flag.IntVar(&o.perJID, "per-jid", 1, "devices per peer account")
 	flag.IntVar(&o.batch, "batch", 100, "peer accounts per Encrypt while messaging every device once")
 	flag.IntVar(&o.workers, "workers", 2, "goroutines messaging the devices (setup only)")
@@ -94,6 +95,9 @@ func main() {
 		fatal(err)
 	}
 	o.stores = splitList(stores)
+	if err := setBackends(backendList); err != nil {
+		fatal(err)
+	}
 	if o.dir == "" {
 		o.dir = os.TempDir()
 	}
@@ -239,7 +243,7 @@ func runChild(ctx context.Context, o *options, kase string) (*result, error) {
 	args := []string{"-case", kase, "-per-jid", strconv.Itoa(o.perJID), "-batch", strconv.Itoa(o.batch),
 		"-workers", strconv.Itoa(o.workers), "-messages", strconv.Itoa(o.messages),
 		"-working-set", strconv.Itoa(o.workSet), "-restarts", strconv.Itoa(o.restarts),
-		"-dir", o.dir, "-dsn", o.dsn}
+		"-dir", o.dir, "-dsn", o.dsn, "-backends", backendNames()}
 	if o.verbose {
 		args = append(args, "-v")
 	}

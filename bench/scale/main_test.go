@@ -69,11 +69,11 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("commits per steady Encrypt: %s, want 1.00", encrypt[8])
 			}
 
-			// | store | accounts | start all | goroutines, idle | heap per idle account | restart all |
-			if len(accounts) != 6 || accounts[1] != "40" {
+			// | store | accounts | backends | start all | goroutines, idle | heap per idle account | restart all |
+			if len(accounts) != 7 || accounts[1] != "40" || accounts[2] != "2" {
 				t.Fatalf("accounts row %q", accounts)
 			}
-			for _, i := range []int{2, 3, 4, 5} {
+			for _, i := range []int{3, 4, 5, 6} {
 				mustFigure(t, "accounts", accounts[i])
 			}
 

@@ -133,11 +133,11 @@ func printTables(w io.Writer, rs []*result) {
 	}
 	if len(accounts) > 0 {
 		fmt.Fprintf(w, "M accounts in one process, one store (times: wall, with CPU):\n\n")
-		fmt.Fprintln(w, "| store | accounts | start all | goroutines, idle | heap per idle account | restart all |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| store | accounts | backends | start all | goroutines, idle | heap per idle account | restart all |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 		for _, r := range accounts {
-			fmt.Fprintf(w, "| %s | %s | %s (CPU %s) | %d | %.1f KiB | %s (CPU %s) |\n",
-				r.Store, thousands(r.N), ms(r.StartAll), ms(r.StartAllCPU), r.Goroutines,
+			fmt.Fprintf(w, "| %s | %s | %d | %s (CPU %s) | %d | %.1f KiB | %s (CPU %s) |\n",
+				r.Store, thousands(r.N), r.Backends, ms(r.StartAll), ms(r.StartAllCPU), r.Goroutines,
 				r.HeapPerAccount/1024, ms(r.Restart), ms(r.RestartCPU))
 		}
 		fmt.Fprintln(w)
