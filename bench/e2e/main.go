@@ -8,7 +8,18 @@
 //     of the three devices has decrypted it, median over -runs runs;
 //   - the throughput of a -messages message ping-pong between two accounts
 //     (A sends, B decrypts and answers, A decrypts, …), in messages per
-//     second, session setup included.
+//     second, session setup included;
+//   - side by side, -rounds times on the same connections: the same
+//     ping-pong with established sessions, and the baseline, a ping-pong of
+//     plain <body> messages between two accounts without OMEMO (mellium
+//     sessions set up alike: carbons on, available), with the ratio of the
+//     two (OMEMO msg/s ÷ plain msg/s). Per message it reports the wall
+//     time, the CPU time of this process (both clients) and, with
+//     -server-pid, of the server, and the bytes the clients read.
+//
+// -quick skips the first-message latency. -cpuprofile, -blockprofile and
+// -mutexprofile play one more OMEMO round of -profile-messages messages with
+// those profiles written; -plaincpuprofile does the same for the plain one.
 //
 // For the first-message latency it also taps the sender's XMPP stream
 // (after TLS, before the XML decoder) and reports every IQ the sender sent
@@ -18,8 +29,8 @@
 // path.
 //
 // The accounts must exist (password "password" unless -password):
-// <prefix>bob, <prefix>send1 … <prefix>send<runs>, <prefix>ping and
-// <prefix>pong. Results go to stdout as "key value" lines, diagnostics to
+// <prefix>bob, <prefix>send1 … <prefix>send<runs>, <prefix>ping,
+// <prefix>pong, <prefix>plainping and <prefix>plainpong. Results go to stdout as "key value" lines, diagnostics to
 // stderr.
 package main
 
@@ -52,6 +63,12 @@ type options struct {
 	addr, domain, password, prefix string
 	runs, messages, devices        int
 	timeout                        time.Duration
+	quick                          bool
+	rounds, profileMessages        int
+	serverPID                      int
+	cpuProfile, plainCPUProfile    string
+	blockProfile, mutexProfile     string
+	trace                          string
 }
 
 func main() {
@@ -64,6 +81,15 @@ func main() {
 	flag.IntVar(&o.messages, "messages", 200, "messages in the ping-pong")
 	flag.IntVar(&o.devices, "devices", 3, "devices of the contact")
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of each step")
+	flag.BoolVar(&o.quick, "quick", false, "skip the first-message latency")
+	flag.IntVar(&o.rounds, "rounds", 3, "side-by-side rounds of the plain and the OMEMO ping-pong")
+	flag.IntVar(&o.serverPID, "server-pid", 0, "pid of the server, for its CPU time per message")
+	flag.IntVar(&o.profileMessages, "profile-messages", 2000, "messages of the profiled rounds")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of an extra OMEMO round")
+	flag.StringVar(&o.blockProfile, "blockprofile", "", "write a block profile of the extra OMEMO round")
+	flag.StringVar(&o.mutexProfile, "mutexprofile", "", "write a mutex profile of the extra OMEMO round")
+	flag.StringVar(&o.trace, "trace", "", "write an execution trace of the extra OMEMO round (with -cpuprofile)")
+	flag.StringVar(&o.plainCPUProfile, "plaincpuprofile", "", "write a CPU profile of an extra plain round")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -72,15 +98,17 @@ func main() {
 }
 
 func run(o options) error {
-	lat, err := firstMessage(o)
-	if err != nil {
-		return fmt.Errorf("first-message latency: %w", err)
+	if !o.quick {
+		lat, err := firstMessage(o)
+		if err != nil {
+			return fmt.Errorf("first-message latency: %w", err)
+		}
+		fmt.Printf("latency_ms %.2f\n", ms(lat))
 	}
-	mps, err := pingPong(o)
+	mps, err := sideBySide(o)
 	if err != nil {
 		return fmt.Errorf("ping-pong: %w", err)
 	}
-	fmt.Printf("latency_ms %.2f\n", ms(lat))
 	fmt.Printf("pingpong_mps %.1f\n", mps)
 	return nil
 }
@@ -359,77 +387,6 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// pingPong runs the ping-pong and returns messages per second.
-func pingPong(o options) (float64, error) {
-	n := o.messages
-	aJID := jid.MustParse(o.prefix + "ping@" + o.domain)
-	bJID := jid.MustParse(o.prefix + "pong@" + o.domain)
-	finished := make(chan time.Time, 1)
-	fail := make(chan error, 2)
-	var k int
-	var kmu sync.Mutex
-	// Each handler answers with the next number: Send may be called from a
-	// Handler.
-	answer := func(to jid.JID) func(*client, omemo.Message) {
-		return func(c *client, m omemo.Message) {
-			var got int
-			if _, err := fmt.Sscanf(m.Body, "ping %d", &got); err != nil {
-				return
-			}
-			kmu.Lock()
-			if got != k {
-				kmu.Unlock()
-				fail <- fmt.Errorf("%s: got %d, want %d", c.name, got, k)
-				return
-			}
-			k++
-			next := k
-			kmu.Unlock()
-			if next == n {
-				finished <- time.Now()
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-			defer cancel()
-			if _, err := c.p.Send(ctx, to, fmt.Sprintf("ping %d", next)); err != nil {
-				fail <- fmt.Errorf("%s: Send: %w", c.name, err)
-			}
-		}
-	}
-	a, err := connect(o, o.prefix+"ping", true, answer(bJID))
-	if err != nil {
-		return 0, err
-	}
-	defer a.close()
-	b, err := connect(o, o.prefix+"pong", true, answer(aJID))
-	if err != nil {
-		return 0, err
-	}
-	defer b.close()
-	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-	defer cancel()
-	start := time.Now()
-	if _, err := a.p.Send(ctx, bJID, "ping 0"); err != nil {
-		return 0, err
-	}
-	select {
-	case end := <-finished:
-		el := end.Sub(start)
-		fmt.Fprintf(os.Stderr, "go ping-pong: %d messages in %.1f ms\n", n, ms(el))
-		return float64(n) / el.Seconds(), nil
-	case err := <-fail:
-		return 0, err
-	case err := <-a.errs:
-		return 0, err
-	case err := <-b.errs:
-		return 0, err
-	case <-time.After(4 * o.timeout):
-		kmu.Lock()
-		defer kmu.Unlock()
-		return 0, fmt.Errorf("timeout after %d messages", k)
-	}
 }
 
 // String describes the IQs of one depth: how many, which nodes (and item

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"net"
 	"regexp"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,13 +22,26 @@ type tapConn struct {
 func (c *tapConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.rec.in(b[:n], time.Now())
+		c.rec.bytesIn.Add(int64(n))
+		c.rec.reads.Add(1)
+		if c.rec.recording() {
+			c.rec.in(b[:n], time.Now())
+		}
 	}
 	return n, err
 }
 
 func (c *tapConn) Write(b []byte) (int, error) {
-	c.rec.out(b, time.Now())
+	if bytes.HasPrefix(b, []byte("<message")) && bytes.Contains(b, []byte("<payload>")) {
+		// An OMEMO message as sent (mellium writes a stanza at once).
+		msg := bytes.Clone(b)
+		c.rec.lastMsg.Store(&msg)
+	}
+	c.rec.bytesOut.Add(int64(len(b)))
+	c.rec.writes.Add(1)
+	if c.rec.recording() {
+		c.rec.out(b, time.Now())
+	}
 	return c.Conn.Write(b)
 }
 
@@ -45,6 +60,14 @@ type iq struct {
 // cut at "<iq" and "</iq>" (mellium writes and Prosody answers with these
 // spellings), which is enough for PEP get/set IQs.
 type recorder struct {
+	// bytesIn and bytesOut count the plaintext bytes read and written,
+	// reads and writes the calls (recording or not).
+	bytesIn, bytesOut, reads, writes atomic.Int64
+	// active mirrors on, so that the hot path need not take mu.
+	active atomic.Bool
+	// lastMsg is the last OMEMO message written (see lastMessage).
+	lastMsg atomic.Pointer[[]byte]
+
 	mu     sync.Mutex
 	on     bool
 	outBuf []byte
@@ -64,7 +87,19 @@ func (r *recorder) begin() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.on, r.outBuf, r.inBuf, r.byID, r.order = true, nil, nil, map[string]*iq{}, nil
+	r.active.Store(true)
 }
+
+// lastMessage returns the last OMEMO <message> stanza written, nil if none.
+func (r *recorder) lastMessage() []byte {
+	if b := r.lastMsg.Load(); b != nil {
+		return *b
+	}
+	return nil
+}
+
+// recording reports whether begin was called and end not yet.
+func (r *recorder) recording() bool { return r.active.Load() }
 
 // end stops recording and returns the IQs in the order they were sent,
 // with their depth computed.
@@ -72,6 +107,7 @@ func (r *recorder) end() []iq {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.on = false
+	r.active.Store(false)
 	out := make([]iq, 0, len(r.order))
 	for i, q := range r.order {
 		// Depth: one more than the deepest IQ answered before q was sent.
