@@ -249,8 +249,10 @@ func New(content []byte, from, to jid.JID, now time.Time, rand io.Reader) (*Enve
 		return nil, err
 	}
 	e.RPad, e.HasRPad = pad, true
-	if _, err := e.Marshal(); err != nil {
-		return nil, err
+	// Marshal accepts the envelope it wrote without the padding, and the
+	// padding characters need no escaping: only the size can fail.
+	if len(unpadded)+len("<rpad></rpad>")+len(pad) > MaxSize {
+		return nil, ErrTooLarge
 	}
 	return e, nil
 }
@@ -301,6 +303,7 @@ func (e *Envelope) Marshal() ([]byte, error) {
 		return nil, fmt.Errorf("%w: nil envelope", ErrMalformed)
 	}
 	var b bytes.Buffer
+	b.Grow(len(e.Content) + len(e.RPad) + 256)
 	b.WriteString(`<envelope xmlns='` + NS + `'><content>`)
 	if err := writeCanonical(&b, e.Content); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -303,6 +304,15 @@ func (w *canonWriter) write(tok xml.Token) {
 // writeCanonical validates the content fragment and writes its canonical
 // form to b.
 func writeCanonical(b *bytes.Buffer, content []byte) error {
+	if isCanonical(content) {
+		b.Write(content)
+		return nil
+	}
+	return writeCanonicalFull(b, content)
+}
+
+// writeCanonicalFull is writeCanonical without the fast path.
+func writeCanonicalFull(b *bytes.Buffer, content []byte) error {
 	if !utf8.Valid(content) {
 		return malformed("invalid UTF-8 in content")
 	}
@@ -416,6 +426,15 @@ func Parse(data []byte) (*Envelope, error) {
 	if !utf8.Valid(data) {
 		return nil, malformed("invalid UTF-8")
 	}
+	if e, ok := parseCanonical(data); ok {
+		return e, nil
+	}
+	return parseFull(data)
+}
+
+// parseFull is Parse without the size and encoding checks and the fast
+// path.
+func parseFull(data []byte) (*Envelope, error) {
 	r := newReader(data, MaxDepth, true)
 	var e *Envelope
 	for {
@@ -633,6 +652,9 @@ func parseJIDAttr(t xml.StartElement) (jid.JID, *InvalidAffixError) {
 	if !ok {
 		return jid.JID{}, &InvalidAffixError{Affix: t.Name.Local, Reason: "no jid attribute"}
 	}
+	if j, ok := validJIDs.get(v); ok {
+		return j, nil
+	}
 	j, err := jid.Parse(v)
 	if err == nil && !isZero(j) {
 		// jid.Parse strips one final dot of the domainpart (RFC 7622,
@@ -640,10 +662,42 @@ func parseJIDAttr(t xml.StartElement) (jid.JID, *InvalidAffixError) {
 		// an empty DNS label, whose string form parses to another JID.
 		// Only JIDs that Marshal writes back unchanged are accepted.
 		if again, err := jid.Parse(j.String()); err == nil && again.Equal(j) {
+			validJIDs.put(v, j)
 			return j, nil
 		}
 	}
 	return jid.JID{}, &InvalidAffixError{Affix: t.Name.Local, Reason: "jid is not a valid JID"}
+}
+
+// jidCache remembers the affix values that parsed as valid JIDs: every
+// message of a conversation names the same two JIDs, and parsing one
+// (PRECIS and IDNA normalisation, twice) costs more than the rest of the
+// envelope. Parsing is a pure function of the value, so a cached result
+// is the one parsing would give.
+type jidCache struct {
+	mu sync.Mutex
+	m  map[string]jid.JID
+}
+
+// maxCachedJIDs bounds the cache (it is emptied when full).
+const maxCachedJIDs = 256
+
+var validJIDs jidCache
+
+func (c *jidCache) get(v string) (jid.JID, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j, ok := c.m[v]
+	return j, ok
+}
+
+func (c *jidCache) put(v string, j jid.JID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedJIDs {
+		c.m = make(map[string]jid.JID, 16)
+	}
+	c.m[v] = j
 }
 
 func escapeText(b *bytes.Buffer, s string) { escape(b, s, false) }
