@@ -466,60 +466,96 @@ func (e Encrypted) validate() error {
 // An invalid Encrypted makes the reader return an error instead of any
 // token.
 func (e Encrypted) TokenReader() xml.TokenReader {
-	if err := e.validate(); err != nil {
+	toks, err := e.AppendTokens(nil)
+	if err != nil {
 		return errReader{err}
 	}
-	var header []xml.TokenReader
-	if e.Namespace == ns.Legacy {
-		header = make([]xml.TokenReader, 0, len(e.Keys)+1)
-		for _, k := range e.Keys {
-			header = append(header, keyElement(k, "prekey"))
-		}
-		header = append(header, element("iv", b64(e.IV)))
-	} else {
-		var order []string
-		groups := make(map[string][]xml.TokenReader)
-		for _, k := range e.Keys {
-			if _, ok := groups[k.JID]; !ok {
-				order = append(order, k.JID)
-			}
-			groups[k.JID] = append(groups[k.JID], keyElement(k, "kex"))
-		}
-		header = make([]xml.TokenReader, 0, len(order))
-		for _, jid := range order {
-			header = append(header, element("keys", xmlstream.MultiReader(groups[jid]...),
-				xml.Attr{Name: xml.Name{Local: "jid"}, Value: jid}))
-		}
-	}
-	body := []xml.TokenReader{
-		element("header", xmlstream.MultiReader(header...),
-			xml.Attr{Name: xml.Name{Local: "sid"}, Value: strconv.FormatUint(uint64(e.SID), 10)}),
-	}
-	if e.Payload != nil {
-		body = append(body, element("payload", b64(e.Payload)))
-	}
-	return xmlstream.Wrap(
-		xmlstream.MultiReader(body...),
-		xml.StartElement{Name: xml.Name{Space: e.Namespace, Local: "encrypted"}},
-	)
+	return &sliceReader{toks: toks}
 }
 
-func keyElement(k Key, boolAttr string) xml.TokenReader {
-	attrs := []xml.Attr{{Name: xml.Name{Local: "rid"}, Value: strconv.FormatUint(uint64(k.RID), 10)}}
+// AppendTokens appends the tokens TokenReader yields to toks and returns
+// the extended slice, or an error if e is invalid (toks is then returned
+// unchanged). Every token is new (attribute slices and character data
+// included), so the caller may hand them to an encoder that modifies
+// them.
+func (e Encrypted) AppendTokens(toks []xml.Token) ([]xml.Token, error) {
+	if err := e.validate(); err != nil {
+		return toks, err
+	}
+	start := xml.StartElement{Name: xml.Name{Space: e.Namespace, Local: "encrypted"}}
+	header := xml.StartElement{Name: xml.Name{Local: "header"},
+		Attr: []xml.Attr{{Name: xml.Name{Local: "sid"}, Value: strconv.FormatUint(uint64(e.SID), 10)}}}
+	toks = append(toks, start, header)
+	if e.Namespace == ns.Legacy {
+		for _, k := range e.Keys {
+			toks = appendKey(toks, k, "prekey")
+		}
+		toks = appendElement(toks, "iv", e.IV)
+	} else {
+		// One <keys> per JID, in order of first appearance; quadratic in
+		// the number of JIDs, which is small (a room's members).
+		for i, k := range e.Keys {
+			first := true
+			for _, prev := range e.Keys[:i] {
+				if prev.JID == k.JID {
+					first = false
+					break
+				}
+			}
+			if !first {
+				continue
+			}
+			keys := xml.StartElement{Name: xml.Name{Local: "keys"}, Attr: []xml.Attr{{Name: xml.Name{Local: "jid"}, Value: k.JID}}}
+			toks = append(toks, keys)
+			for _, kk := range e.Keys[i:] {
+				if kk.JID == k.JID {
+					toks = appendKey(toks, kk, "kex")
+				}
+			}
+			toks = append(toks, keys.End())
+		}
+	}
+	toks = append(toks, header.End())
+	if e.Payload != nil {
+		toks = appendElement(toks, "payload", e.Payload)
+	}
+	return append(toks, start.End()), nil
+}
+
+func appendKey(toks []xml.Token, k Key, boolAttr string) []xml.Token {
+	attrs := make([]xml.Attr, 1, 2)
+	attrs[0] = xml.Attr{Name: xml.Name{Local: "rid"}, Value: strconv.FormatUint(uint64(k.RID), 10)}
 	if k.KeyExchange {
 		attrs = append(attrs, xml.Attr{Name: xml.Name{Local: boolAttr}, Value: "true"})
 	}
-	return element("key", b64(k.Data), attrs...)
+	start := xml.StartElement{Name: xml.Name{Local: "key"}, Attr: attrs}
+	return append(toks, start, b64(k.Data), start.End())
+}
+
+// appendElement appends a child element (which inherits the namespace)
+// holding raw in base64.
+func appendElement(toks []xml.Token, local string, raw []byte) []xml.Token {
+	start := xml.StartElement{Name: xml.Name{Local: local}}
+	return append(toks, start, b64(raw), start.End())
 }
 
 // b64 returns the base64 character data of raw.
-func b64(raw []byte) xml.TokenReader {
-	return xmlstream.Token(xml.CharData(base64.StdEncoding.EncodeToString(raw)))
+func b64(raw []byte) xml.CharData {
+	out := make([]byte, base64.StdEncoding.EncodedLen(len(raw)))
+	base64.StdEncoding.Encode(out, raw)
+	return out
 }
 
-// element wraps inner in a child element (which inherits the namespace).
-func element(local string, inner xml.TokenReader, attrs ...xml.Attr) xml.TokenReader {
-	return xmlstream.Wrap(inner, xml.StartElement{Name: xml.Name{Local: local}, Attr: attrs})
+// sliceReader yields tokens of a slice.
+type sliceReader struct{ toks []xml.Token }
+
+func (r *sliceReader) Token() (xml.Token, error) {
+	if len(r.toks) == 0 {
+		return nil, io.EOF
+	}
+	t := r.toks[0]
+	r.toks = r.toks[1:]
+	return t, nil
 }
 
 // WriteXML implements xmlstream.WriterTo.

@@ -333,7 +333,33 @@ func TestExactXML(t *testing.T) {
 			if n != len(toks) {
 				t.Errorf("WriteXML reported %d tokens, TokenReader yields %d", n, len(toks))
 			}
+			// AppendTokens appends the same tokens to what is there.
+			prefix := xml.StartElement{Name: xml.Name{Local: "message"}}
+			appended, err := tc.e.AppendTokens([]xml.Token{prefix})
+			if err != nil {
+				t.Fatalf("AppendTokens: %v", err)
+			}
+			appended = append(appended, prefix.End())
+			buf.Reset()
+			enc = xml.NewEncoder(&buf)
+			for _, tok := range appended {
+				if err := enc.EncodeToken(tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := enc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if want := "<message>" + tc.xml + "</message>"; buf.String() != want {
+				t.Errorf("AppendTokens:\n got %s\nwant %s", buf.String(), want)
+			}
 		})
+	}
+	// An invalid element appends nothing.
+	toks := []xml.Token{xml.CharData("x")}
+	got, err := encrypted.Encrypted{Namespace: ns.OMEMO2}.AppendTokens(toks)
+	if !errors.Is(err, encrypted.ErrInvalidID) || len(got) != 1 {
+		t.Errorf("AppendTokens of an invalid element: %d tokens, %v", len(got), err)
 	}
 }
 
