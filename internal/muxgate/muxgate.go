@@ -73,6 +73,12 @@ type Limits struct {
 	Tokens int
 	// Bytes bounds the names, attribute values and text copied.
 	Bytes int
+	// Shared makes Read return the tokens as r yields them instead of
+	// copies. mellium's mux hands every message handler tokens it copied
+	// and keeps for the stanza's other handlers: a caller that only reads
+	// them, and keeps nothing of them (no CharData, no attribute slice)
+	// once it returned to the mux, needs no copy of its own.
+	Shared bool
 }
 
 // Errors of Read.
@@ -95,7 +101,11 @@ var (
 // error matching ErrMalformed; the count is then what was read (the mux
 // stops at the same error).
 func Read(start xml.StartElement, r xml.TokenReader, lim Limits, match func(xml.Name) bool) (toks []xml.Token, matched int, err error) {
-	toks = []xml.Token{start.Copy()}
+	toks = make([]xml.Token, 1, 32)
+	toks[0] = start
+	if !lim.Shared {
+		toks[0] = start.Copy()
+	}
 	size := len(start.Name.Local) + len(start.Name.Space)
 	for _, a := range start.Attr {
 		size += len(a.Name.Local) + len(a.Name.Space) + len(a.Value)
@@ -125,7 +135,10 @@ func Read(start xml.StartElement, r xml.TokenReader, lim Limits, match func(xml.
 				toks = nil
 			}
 			if tooLarge == nil {
-				toks = append(toks, xml.CopyToken(tok))
+				if !lim.Shared {
+					tok = xml.CopyToken(tok)
+				}
+				toks = append(toks, tok)
 			}
 		}
 		if depth == 0 {

@@ -46,6 +46,41 @@ func TestRead(t *testing.T) {
 	}
 }
 
+// Read copies every token unless Limits.Shared: then the reader's own
+// tokens come back.
+func TestReadShared(t *testing.T) {
+	raw := `<m><x xmlns='urn:x' a='1'>text</x></m>`
+	for _, shared := range []bool{false, true} {
+		d, start := startOf(t, raw)
+		var seen []xml.Token
+		r := readerFunc(func() (xml.Token, error) {
+			tok, err := d.Token()
+			if tok != nil {
+				tok = xml.CopyToken(tok)
+				seen = append(seen, tok)
+			}
+			return tok, err
+		})
+		lim := big
+		lim.Shared = shared
+		toks, n, err := Read(start, r, lim, matchX)
+		if err != nil || n != 1 || len(toks) != len(seen)+1 {
+			t.Fatalf("shared %v: %d tokens, %d matches, %v", shared, len(toks), n, err)
+		}
+		x := toks[1].(xml.StartElement)
+		text := toks[2].(xml.CharData)
+		sameAttrs := &x.Attr[0] == &seen[0].(xml.StartElement).Attr[0]
+		sameText := &text[0] == &seen[1].(xml.CharData)[0]
+		if sameAttrs != shared || sameText != shared {
+			t.Fatalf("shared %v: attributes shared %v, text shared %v", shared, sameAttrs, sameText)
+		}
+	}
+}
+
+type readerFunc func() (xml.Token, error)
+
+func (f readerFunc) Token() (xml.Token, error) { return f() }
+
 func TestReadLimits(t *testing.T) {
 	raw := `<m>` + strings.Repeat(`<x xmlns='urn:x'>abcdef</x>`, 100) + `</m>`
 	for _, lim := range []Limits{{Tokens: 50, Bytes: 1 << 20}, {Tokens: 1 << 20, Bytes: 200}} {
