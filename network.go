@@ -184,22 +184,20 @@ func messageTokens(to jid.JID, msg *encrypted.Encrypted) ([]xml.Token, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: %.64q", encrypted.ErrUnknownNamespace, msg.Namespace)
 	}
-	enc, err := xmlstream.ReadAll(msg.TokenReader())
+	start := stanza.Message{ID: rand.Text(), To: to, Type: stanza.ChatMessage}.StartElement()
+	toks, err := msg.AppendTokens(append(make([]xml.Token, 0, 24), start))
 	if err != nil {
 		return nil, fmt.Errorf("omemo: encoding message: %w", err)
 	}
-	m := stanza.Message{ID: rand.Text(), To: to, Type: stanza.ChatMessage}
-	return xmlstream.ReadAll(m.Wrap(xmlstream.MultiReader(
-		tokenSlice(enc),
-		xmlstream.Wrap(nil, xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}),
-		xmlstream.Wrap(nil, xml.StartElement{
-			Name: xml.Name{Space: ns.EME, Local: "encryption"},
-			Attr: []xml.Attr{
-				{Name: xml.Name{Local: "namespace"}, Value: msg.Namespace},
-				{Name: xml.Name{Local: "name"}, Value: name},
-			},
-		}),
-	)))
+	store := xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}
+	encryption := xml.StartElement{
+		Name: xml.Name{Space: ns.EME, Local: "encryption"},
+		Attr: []xml.Attr{
+			{Name: xml.Name{Local: "namespace"}, Value: msg.Namespace},
+			{Name: xml.Name{Local: "name"}, Value: name},
+		},
+	}
+	return append(toks, store, store.End(), encryption, encryption.End(), start.End()), nil
 }
 
 // emeName returns the XEP-0380 name of an OMEMO namespace.
@@ -226,8 +224,25 @@ func tokenSlice(toks []xml.Token) xml.TokenReader {
 	})
 }
 
-// sendDetached sends toks with s.Send, such that ctx can abort the write but
-// its cancellation after Send returned cannot reach the connection.
+// handedOver reads tokens that are handed over to the reader's consumer
+// (they are not copied: the consumer may modify them).
+type handedOver struct{ toks []xml.Token }
+
+func (r *handedOver) Token() (xml.Token, error) {
+	if len(r.toks) == 0 {
+		return nil, io.EOF
+	}
+	t := r.toks[0]
+	r.toks[0] = nil
+	r.toks = r.toks[1:]
+	return t, nil
+}
+
+// sendDetached sends the stanza toks with s.Send, such that ctx can abort
+// the write but its cancellation after Send returned cannot reach the
+// connection. toks are handed over: the session's encoder may modify them
+// (it filters attribute slices in place), so the caller must not use them
+// afterwards, and no other goroutine may hold them.
 //
 // mellium (v0.23.0) watches the context of a write in a goroutine that,
 // when the context is done, puts the connection's write deadline in the
@@ -242,27 +257,30 @@ func sendDetached(ctx context.Context, s *xmpp.Session, toks []xml.Token, timeou
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", session.ErrNotSent, err)
 	}
-	ctx, stopTimer := bounded(ctx, timeout)
-	defer stopTimer()
+	// sendCtx has no deadline of its own and is never cancelled once Send
+	// returned (its parent has no Done channel, so dropping it leaks
+	// nothing): the caller's cancellation and the timeout reach it only
+	// while Send runs.
 	sendCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var (
 		mu       sync.Mutex
 		returned bool
 	)
-	stop := context.AfterFunc(ctx, func() {
+	cancelIfRunning := func() {
 		mu.Lock()
 		defer mu.Unlock()
 		if !returned {
 			cancel()
 		}
-	})
-	err := s.Send(sendCtx, tokenSlice(toks))
+	}
+	stop := context.AfterFunc(ctx, cancelIfRunning)
+	timer := time.AfterFunc(timeout, cancelIfRunning)
+	err := s.Send(sendCtx, &handedOver{toks: toks})
 	mu.Lock()
 	returned = true
 	mu.Unlock()
 	stop()
-	// sendCtx is deliberately not cancelled now: its parent has no Done
-	// channel, so dropping it leaks nothing.
+	timer.Stop()
 	if err != nil {
 		return fmt.Errorf("omemo: sending message: %w", err)
 	}

@@ -322,11 +322,12 @@ type Config struct {
 // Applications that register a <body> handler see the fallback body of
 // OMEMO messages too and should ignore messages that carry <encrypted>.
 type Plugin struct {
-	conn connection // the current XMPP session (connection.go)
-	own  jid.JID    // bare
-	cfg  Config
-	net  session.Network
-	send func(ctx context.Context, toks []xml.Token) error
+	conn   connection // the current XMPP session (connection.go)
+	own    jid.JID    // bare
+	ownStr string     // own.String()
+	cfg    Config
+	net    session.Network
+	send   func(ctx context.Context, toks []xml.Token) error
 
 	handler Handler       // guarded by mu
 	mux     *mux.ServeMux // guarded by mu
@@ -467,6 +468,7 @@ func newPlugin(own jid.JID, cfg Config, net session.Network, send func(context.C
 	workCtx, workStop := context.WithCancel(context.Background())
 	p := &Plugin{
 		own:         own,
+		ownStr:      own.String(),
 		cfg:         cfg,
 		net:         net,
 		send:        send,

@@ -7,11 +7,13 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"mellium.im/omemo/devicelist"
 	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/groupchat"
 	"mellium.im/omemo/internal/muxgate"
+	"mellium.im/omemo/sce"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp/carbons"
 	"mellium.im/xmpp/jid"
@@ -47,7 +49,6 @@ type elem struct {
 	start    xml.StartElement
 	toks     []xml.Token // from the start to the end element, inclusive
 	children []*elem
-	text     []byte // character data directly inside the element
 }
 
 func (e *elem) attr(local string) string {
@@ -87,8 +88,16 @@ func (e *elem) count(space, local string) int {
 // buildTree turns the tokens of one element into a tree.
 func buildTree(toks []xml.Token) (*elem, error) {
 	var root *elem
-	var stack []*elem
-	var starts []int
+	n := 0
+	for _, tok := range toks {
+		if _, ok := tok.(xml.StartElement); ok {
+			n++
+		}
+	}
+	// All elements in one allocation, the stacks on the stack.
+	elems := make([]elem, n)
+	stack := make([]*elem, 0, maxDepth)
+	starts := make([]int, 0, maxDepth)
 	for i, tok := range toks {
 		switch t := tok.(type) {
 		case xml.StartElement:
@@ -98,7 +107,9 @@ func buildTree(toks []xml.Token) (*elem, error) {
 			if len(stack) >= maxDepth {
 				return nil, fmt.Errorf("%w: nested too deeply", ErrMalformedStanza)
 			}
-			e := &elem{start: t}
+			e := &elems[0]
+			elems = elems[1:]
+			e.start = t
 			if len(stack) > 0 {
 				parent := stack[len(stack)-1]
 				parent.children = append(parent.children, e)
@@ -118,10 +129,7 @@ func buildTree(toks []xml.Token) (*elem, error) {
 			e.toks = toks[starts[len(starts)-1] : i+1]
 			stack, starts = stack[:len(stack)-1], starts[:len(starts)-1]
 		case xml.CharData:
-			if len(stack) > 0 {
-				e := stack[len(stack)-1]
-				e.text = append(e.text, t...)
-			} else if len(bytes.TrimSpace(t)) > 0 {
+			if len(stack) == 0 && len(bytes.TrimSpace(t)) > 0 {
 				return nil, fmt.Errorf("%w: text outside the element", ErrMalformedStanza)
 			}
 		}
@@ -136,6 +144,7 @@ func buildTree(toks []xml.Token) (*elem, error) {
 type inbound struct {
 	msg       stanza.Message // attributes of the (inner) message stanza
 	sender    jid.JID        // bare JID of the sending account
+	senderStr string         // sender.String(), once queued (senderString)
 	encs      []*encrypted.Encrypted
 	originID  string
 	archiveID string
@@ -158,6 +167,15 @@ type inbound struct {
 	// consumed reports that its decryption committed (and removed it).
 	spillSeq uint64
 	consumed bool
+}
+
+// senderString returns in.sender.String(); sender must not change once it
+// was called (it is final once the message is queued).
+func (in *inbound) senderString() string {
+	if in.senderStr == "" {
+		in.senderStr = in.sender.String()
+	}
+	return in.senderStr
 }
 
 // kinds of received stanzas.
@@ -262,7 +280,9 @@ func (p *Plugin) receive(msg stanza.Message, t xmlstream.TokenReadEncoder) {
 		return
 	}
 	kinds := map[string]bool{}
-	toks, calls, err := muxgate.Read(start, t, stanzaLimits, func(n xml.Name) bool {
+	// The mux's own copies, read only: nothing of them is kept once
+	// receive returned (parsing copies what it keeps).
+	toks, calls, err := muxgate.Read(start, t, receiveLimits, func(n xml.Name) bool {
 		k := p.kindOf(msg.Type, n)
 		if k != "" {
 			kinds[k] = true
@@ -285,7 +305,7 @@ func (p *Plugin) receive(msg stanza.Message, t xmlstream.TokenReadEncoder) {
 	}
 	for _, kind := range []string{kindDirect, kindCarbon, kindArchive, kindGroup} {
 		if kinds[kind] {
-			p.receiveKind(kind, root, toks, t)
+			p.receiveKind(kind, msg, root, toks, t)
 		}
 	}
 }
@@ -293,13 +313,17 @@ func (p *Plugin) receive(msg stanza.Message, t xmlstream.TokenReadEncoder) {
 // stanzaLimits bound what receive copies of one stanza.
 var stanzaLimits = muxgate.Limits{Tokens: maxStanzaTokens, Bytes: maxStanzaBytes}
 
-// receiveKind queues the OMEMO content of one kind of a received stanza.
-func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstream.Encoder) {
+// receiveLimits are stanzaLimits without the copies (see receive).
+var receiveLimits = muxgate.Limits{Tokens: maxStanzaTokens, Bytes: maxStanzaBytes, Shared: true}
+
+// receiveKind queues the OMEMO content of one kind of a received stanza;
+// msg holds the attributes of root as the mux parsed them.
+func (p *Plugin) receiveKind(kind string, msg stanza.Message, root *elem, toks []xml.Token, t xmlstream.Encoder) {
 	var in *inbound
 	var err error
 	switch kind {
 	case kindDirect:
-		in, err = p.parseMessage(root)
+		in, err = p.parseMessageOf(root, msg)
 		if err == nil && in != nil {
 			// A message addressed to us that claims no sender comes
 			// from our own bare JID (mellium removes it).
@@ -339,6 +363,19 @@ func (p *Plugin) receiveKind(kind string, root *elem, toks []xml.Token, t xmlstr
 	p.enqueue(job{in: in})
 }
 
+// readOnly reads tokens that the consumer only reads (and keeps nothing
+// of), without copies.
+type readOnly struct{ toks []xml.Token }
+
+func (r *readOnly) Token() (xml.Token, error) {
+	if len(r.toks) == 0 {
+		return nil, io.EOF
+	}
+	t := r.toks[0]
+	r.toks = r.toks[1:]
+	return t, nil
+}
+
 // messageOf returns the stanza attributes of a <message> element.
 func messageOf(e *elem) stanza.Message {
 	m, err := stanza.NewMessage(e.start)
@@ -359,6 +396,13 @@ func (p *Plugin) parseMessage(m *elem) (*inbound, error) {
 		return nil, &DecryptError{ID: msg.ID, Err: err}
 	}
 	msg.From = from
+	return p.parseMessageOf(m, msg)
+}
+
+// parseMessageOf is parseMessage of a message whose attributes were
+// parsed (into msg) already.
+func (p *Plugin) parseMessageOf(m *elem, msg stanza.Message) (*inbound, error) {
+	from := msg.From
 	in := &inbound{msg: msg, sender: from.Bare()}
 	for _, f := range p.cfg.Backends {
 		switch m.count(f.Namespace, "encrypted") {
@@ -369,7 +413,7 @@ func (p *Plugin) parseMessage(m *elem) (*inbound, error) {
 			return nil, &DecryptError{From: from, ID: msg.ID, Namespace: f.Namespace, Err: fmt.Errorf("%w: repeated <encrypted>", ErrMalformedStanza)}
 		}
 		e := m.child(f.Namespace, "encrypted")
-		enc, err := encrypted.Parse(tokenSlice(e.toks[1:]), e.start)
+		enc, err := encrypted.Parse(&readOnly{toks: e.toks[1:]}, e.start)
 		if err != nil {
 			return nil, &DecryptError{From: from, ID: msg.ID, Namespace: f.Namespace, Err: fmt.Errorf("%w: %w", ErrMalformedStanza, err)}
 		}
@@ -425,7 +469,7 @@ func (p *Plugin) serverDelay(m *elem) time.Time {
 			continue
 		}
 		from := c.attr("from")
-		if from != p.own.Domainpart() && from != p.own.String() {
+		if from != p.own.Domainpart() && from != p.ownStr {
 			continue
 		}
 		if t, err := time.Parse(time.RFC3339Nano, c.attr("stamp")); err == nil {
@@ -640,6 +684,61 @@ func (in *inbound) choose(own string, dev uint32) *encrypted.Encrypted {
 		}
 	}
 	return in.encs[0]
+}
+
+// contentBody returns the text of the first top-level <body
+// xmlns='jabber:client'> of canonical SCE content (sce.Envelope.Content).
+// A content that starts with a body holding only text, which is what
+// clients send, is read directly (canonical text escapes only '&', '<',
+// '>' and CR); anything else goes through bodyOf.
+func contentBody(env *sce.Envelope) (string, error) {
+	const open, end = `<body xmlns='jabber:client'>`, `</body>`
+	c := env.Content
+	if !bytes.HasPrefix(c, []byte(open)) {
+		return bodyOf(env.ContentTokens())
+	}
+	text := c[len(open):]
+	i := bytes.IndexByte(text, '<')
+	if i < 0 || !bytes.HasPrefix(text[i:], []byte(end)) {
+		return bodyOf(env.ContentTokens())
+	}
+	text = text[:i]
+	if bytes.IndexByte(text, '\r') >= 0 || !utf8.Valid(text) {
+		// Not canonical (an Envelope built by hand): the full path.
+		return bodyOf(env.ContentTokens())
+	}
+	if bytes.IndexByte(text, '&') < 0 {
+		return string(text), nil
+	}
+	var b strings.Builder
+	b.Grow(len(text))
+	for len(text) > 0 {
+		j := bytes.IndexByte(text, '&')
+		if j < 0 {
+			b.Write(text)
+			break
+		}
+		b.Write(text[:j])
+		text = text[j:]
+		switch {
+		case bytes.HasPrefix(text, []byte("&amp;")):
+			b.WriteByte('&')
+			text = text[5:]
+		case bytes.HasPrefix(text, []byte("&lt;")):
+			b.WriteByte('<')
+			text = text[4:]
+		case bytes.HasPrefix(text, []byte("&gt;")):
+			b.WriteByte('>')
+			text = text[4:]
+		case bytes.HasPrefix(text, []byte("&#xD;")):
+			b.WriteByte('\r')
+			text = text[5:]
+		default:
+			// Not canonical (an Envelope built by hand): the full path.
+			return bodyOf(env.ContentTokens())
+		}
+	}
+	return b.String(), nil
 }
 
 // bodyOf returns the text of the first top-level <body xmlns='jabber:client'>

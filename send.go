@@ -1,7 +1,6 @@
 package omemo
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/xml"
@@ -9,11 +8,11 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"unicode/utf8"
 
 	"mellium.im/omemo/encrypted"
 	"mellium.im/omemo/ns"
 	"mellium.im/omemo/session"
-	"mellium.im/xmlstream"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 )
@@ -142,6 +141,9 @@ func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, ac
 	// device-list fetches, then one round of bundle fetches.
 	// At most maxParallelListFetches at once: a room of hundreds of
 	// members must not open hundreds of requests.
+	if p.allRefreshed(accounts) {
+		return nil // the steady state: nothing to fetch
+	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, maxParallelListFetches)
 	errs := make([]error, len(accounts))
@@ -178,13 +180,60 @@ func (p *Plugin) ensureDeviceLists(ctx context.Context, mgr *session.Manager, ac
 	return errors.Join(errs...)
 }
 
-// bodyContent is the SCE content of a chat message.
+// allRefreshed reports whether ensureDeviceLists fetched the lists of all
+// accounts already.
+func (p *Plugin) allRefreshed(accounts []jid.JID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, a := range accounts {
+		if !p.refreshed[a.Bare().String()] {
+			return false
+		}
+	}
+	return true
+}
+
+// bodyContent is the SCE content of a chat message, in the canonical form
+// of package sce (sce.Envelope.Content), which sce.New and Marshal take as
+// it is: only '&', '<', '>' and CR are escaped, and what is not an XML
+// character (invalid UTF-8 included) becomes U+FFFD, as xml.EscapeText
+// does.
 func bodyContent(body string) []byte {
-	var b bytes.Buffer
-	b.WriteString(`<body xmlns='jabber:client'>`)
-	_ = xml.EscapeText(&b, []byte(body))
-	b.WriteString(`</body>`)
-	return b.Bytes()
+	const open, end = `<body xmlns='jabber:client'>`, `</body>`
+	b := make([]byte, 0, len(open)+len(body)+len(end)+16)
+	b = append(b, open...)
+	b = appendCanonicalText(b, body)
+	return append(b, end...)
+}
+
+// appendCanonicalText appends s escaped as sce's canonical form escapes
+// text.
+func appendCanonicalText(b []byte, s string) []byte {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1 || !isXMLChar(r):
+			b = append(b, "\uFFFD"...)
+		case r == '&':
+			b = append(b, "&amp;"...)
+		case r == '<':
+			b = append(b, "&lt;"...)
+		case r == '>':
+			b = append(b, "&gt;"...)
+		case r == '\r':
+			b = append(b, "&#xD;"...)
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return b
+}
+
+// isXMLChar reports whether r is a character of XML 1.0.
+func isXMLChar(r rune) bool {
+	return r == 0x09 || r == 0x0A || r == 0x0D || r >= 0x20 && r <= 0xD7FF ||
+		r >= 0xE000 && r <= 0xFFFD || r >= 0x10000 && r <= 0x10FFFF
 }
 
 // outgoingTokens builds the whole message stanza in memory (Session.Send
@@ -211,38 +260,45 @@ func outgoingTokensOfType(to jid.JID, typ stanza.MessageType, id string, msgs []
 	if len(msgs) == 0 {
 		return nil, errors.New("omemo: nothing to send")
 	}
-	msgs = slices.Clone(msgs)
-	slices.SortStableFunc(msgs, func(a, b *encrypted.Encrypted) int {
-		return nsRank(a.Namespace) - nsRank(b.Namespace)
-	})
-	var parts []xml.TokenReader
+	byRank := func(a, b *encrypted.Encrypted) int { return nsRank(a.Namespace) - nsRank(b.Namespace) }
+	if !slices.IsSortedFunc(msgs, byRank) {
+		msgs = slices.Clone(msgs)
+		slices.SortStableFunc(msgs, byRank)
+	}
+	// Built as a slice of new tokens, each with attribute slices of its
+	// own: they are handed to the session, whose encoder may modify them.
+	start := stanza.Message{ID: id, To: to, Type: typ}.StartElement()
+	toks := make([]xml.Token, 0, 32)
+	toks = append(toks, start)
 	for _, m := range msgs {
-		toks, err := xmlstream.ReadAll(m.TokenReader())
-		if err != nil {
+		var err error
+		if toks, err = m.AppendTokens(toks); err != nil {
 			return nil, fmt.Errorf("omemo: encoding message: %w", err)
 		}
-		parts = append(parts, tokenSlice(toks))
 	}
 	eme := msgs[0].Namespace
-	parts = append(parts,
-		xmlstream.Wrap(nil, xml.StartElement{
-			Name: xml.Name{Space: ns.EME, Local: "encryption"},
-			Attr: []xml.Attr{
-				{Name: xml.Name{Local: "namespace"}, Value: eme},
-				{Name: xml.Name{Local: "name"}, Value: emeName(eme)},
-			},
-		}),
-		xmlstream.Wrap(nil, xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}),
-		stanza.OriginID{ID: id}.TokenReader(),
-	)
+	toks = appendHints(toks, eme)
+	origin := xml.StartElement{Name: xml.Name{Space: nsSID, Local: "origin-id"}, Attr: []xml.Attr{{Name: xml.Name{Local: "id"}, Value: id}}}
+	toks = append(toks, origin, origin.End())
 	if fallback != "" {
-		parts = append(parts, xmlstream.Wrap(
-			xmlstream.Token(xml.CharData(fallback)),
-			xml.StartElement{Name: xml.Name{Local: "body"}},
-		))
+		body := xml.StartElement{Name: xml.Name{Local: "body"}}
+		toks = append(toks, body, xml.CharData(fallback), body.End())
 	}
-	m := stanza.Message{ID: id, To: to, Type: typ}
-	return xmlstream.ReadAll(m.Wrap(xmlstream.MultiReader(parts...)))
+	return append(toks, start.End()), nil
+}
+
+// appendHints appends the XEP-0380 <encryption/> hint naming namespace
+// and the XEP-0334 <store/> hint.
+func appendHints(toks []xml.Token, namespace string) []xml.Token {
+	encryption := xml.StartElement{
+		Name: xml.Name{Space: ns.EME, Local: "encryption"},
+		Attr: []xml.Attr{
+			{Name: xml.Name{Local: "namespace"}, Value: namespace},
+			{Name: xml.Name{Local: "name"}, Value: emeName(namespace)},
+		},
+	}
+	store := xml.StartElement{Name: xml.Name{Space: nsHints, Local: "store"}}
+	return append(toks, encryption, encryption.End(), store, store.End())
 }
 
 // nsRank orders OMEMO 2 before legacy OMEMO.

@@ -48,7 +48,7 @@ type job struct {
 func (j job) account(own jid.JID) string {
 	switch {
 	case j.in != nil:
-		return j.in.sender.String()
+		return j.in.senderString()
 	case j.ev != nil:
 		owner := j.ev.From.Bare()
 		if owner.Equal(jid.JID{}) {
@@ -366,7 +366,7 @@ func (p *Plugin) applyEvent(ev *pep.Event, owner string) func(context.Context) e
 		return func(ctx context.Context) error { return mgr.RefreshDeviceListAfterRetraction(ctx, namespace, owner) }
 	case err != nil:
 		return func(ctx context.Context) error { return mgr.RefreshDeviceList(ctx, namespace, owner) }
-	case owner == p.own.String():
+	case owner == p.ownStr:
 		return func(ctx context.Context) error { return mgr.UpdateDeviceList(ctx, owner, l) }
 	}
 	if err := mgr.UpdateDeviceList(p.workCtx, owner, l); err != nil && p.workCtx.Err() == nil {
@@ -388,13 +388,13 @@ type senderLookup struct {
 func (p *Plugin) decrypt(in *inbound, q *waiting) (_ Message, ok bool, lookup *senderLookup) {
 	mgr := p.mgr
 	ctx := p.workCtx
-	own := p.own.String()
+	own := p.ownStr
 	enc := in.choose(own, mgr.DeviceID())
 	fail := func(err error) (Message, bool, *senderLookup) {
 		p.report(&DecryptError{From: in.msg.From, ID: in.msg.ID, Namespace: enc.Namespace, Err: err})
 		return Message{}, false, nil
 	}
-	sender := in.sender.String()
+	sender := in.senderString()
 	if in.ownNick && enc.SID == mgr.DeviceID() && !in.archived {
 		// The room's copy of a message of this device: it cannot be
 		// decrypted (no key for this device), the body is the one sent.
@@ -533,7 +533,7 @@ func (p *Plugin) buildMessage(in *inbound, enc *encrypted.Encrypted, dec *sessio
 		if len(env.Dropped) > 0 {
 			p.cfg.Logger.Debug("omemo: dropped server-processed elements from the envelope", "id", in.msg.ID, "from", in.sender.String(), "elements", len(env.Dropped))
 		}
-		body, err := bodyOf(env.ContentTokens())
+		body, err := contentBody(env)
 		if err != nil {
 			return Message{}, err
 		}
