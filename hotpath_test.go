@@ -177,6 +177,35 @@ func BenchmarkPingPong(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(2*b.N), "ns/msg")
 }
 
+// BenchmarkSendPath is Send alone: the stanza is built and handed to the
+// connection (a no-op here), nobody answers (the sending chain only).
+func BenchmarkSendPath(b *testing.B) {
+	x, y := hotPair(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		x.send(b, y, "ping")
+	}
+}
+
+// BenchmarkReceivePath is the receive path alone: stanzas that arrive one
+// after the other from one sender (made before the timer starts) are
+// handed to the mux, decrypted, stored in the inbox and handed to the
+// Handler.
+func BenchmarkReceivePath(b *testing.B) {
+	x, y := hotPair(b)
+	stanzas := make([][]xml.Token, b.N)
+	for i := range stanzas {
+		x.send(b, y, "ping")
+		stanzas[i] = x.routed()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for _, toks := range stanzas {
+		y.receive(b, toks, "ping")
+	}
+}
+
 // allocsPerMessage measures the allocations of the send path (Send up to
 // the stanza handed to the connection) and of the receive path (the
 // stanza handed to the mux up to the Handler's call, decryption and
@@ -311,5 +340,30 @@ func TestContentBody(t *testing.T) {
 		if got != want || (err == nil) != (werr == nil) {
 			t.Errorf("%d: contentBody %q, %v; bodyOf %q, %v", i, got, err, want, werr)
 		}
+	}
+}
+
+// The first one-to-one message to a contact with three devices costs two
+// sequential rounds of PEP downloads (the device lists of both accounts,
+// then the three bundles), as bench/e2e measures on the wire.
+func TestFirstMessageRounds(t *testing.T) {
+	srv := sessiontest.NewServer()
+	rc := &roundCounter{Network: srv.Network("alice@example.org"), delay: 20 * time.Millisecond}
+	alice := newDeviceOn(t, rc, "alice@example.org/a", both, true)
+	for i := range 3 {
+		newDevice(t, srv, fmt.Sprintf("bob@example.org/d%d", i), both, true)
+	}
+	rc.begin()
+	res, err := alice.p.Send(context.Background(), jid.MustParse("bob@example.org"), "first")
+	calls, rounds := rc.end()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Recipients) != 3 {
+		t.Fatalf("reached %d devices, want 3", len(res.Recipients))
+	}
+	t.Logf("first message to 3 devices: %d PEP downloads in %d sequential rounds", calls, rounds)
+	if rounds != 2 {
+		t.Fatalf("%d sequential rounds, want 2", rounds)
 	}
 }
