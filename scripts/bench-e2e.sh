@@ -12,6 +12,7 @@
 # per message (wall time, CPU of the clients and of Prosody, bytes read).
 #
 #   QUICK=1 bash scripts/bench-e2e.sh     # only that: no first message, no Python
+#   STORE=bolt bash scripts/bench-e2e.sh  # Go devices on the persistent store
 #   PROFILE_DIR=/tmp/p bash scripts/bench-e2e.sh   # + CPU, block and mutex
 #       profiles of an extra OMEMO round (omemo.cpu, omemo.block,
 #       omemo.mutex) and a CPU profile of an extra plain round (plain.cpu)
@@ -35,6 +36,7 @@ PYHASHSEED="${PYHASHSEED:-0}"
 ROUNDS="${ROUNDS:-5}"
 QUICK="${QUICK:-}"
 PROFILE_DIR="${PROFILE_DIR:-}"
+STORE="${STORE:-memory}"
 
 dir=$(mktemp -d)
 prosody_pid=""
@@ -91,7 +93,7 @@ for _ in $(seq 1 100); do
 done
 
 common=(-addr "127.0.0.1:$port" -runs "$RUNS" -messages "$MESSAGES" -devices "$DEVICES")
-goflags=(-rounds "$ROUNDS" -server-pid "$prosody_pid")
+goflags=(-rounds "$ROUNDS" -server-pid "$prosody_pid" -store "$STORE")
 [ -n "$QUICK" ] && goflags+=(-quick)
 if [ -n "$PROFILE_DIR" ]; then
 	mkdir -p "$PROFILE_DIR"

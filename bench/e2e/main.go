@@ -17,6 +17,11 @@
 //     time, the CPU time of this process (both clients) and, with
 //     -server-pid, of the server, and the bytes the clients read.
 //
+// The devices keep their OMEMO state in memory, as the Python reference
+// does; -store bolt gives each the persistent default store instead (two
+// fsync'd commits per message of the ping-pong: the decryption with its
+// inbox entry, and the answer's encryption).
+//
 // -quick skips the first-message latency. -cpuprofile, -blockprofile and
 // -mutexprofile play one more OMEMO round of -profile-messages messages with
 // those profiles written; -plaincpuprofile does the same for the plain one.
@@ -69,6 +74,8 @@ type options struct {
 	cpuProfile, plainCPUProfile    string
 	blockProfile, mutexProfile     string
 	trace                          string
+	store                          string
+	storeDir                       string
 }
 
 func main() {
@@ -88,6 +95,7 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of an extra OMEMO round")
 	flag.StringVar(&o.blockProfile, "blockprofile", "", "write a block profile of the extra OMEMO round")
 	flag.StringVar(&o.mutexProfile, "mutexprofile", "", "write a mutex profile of the extra OMEMO round")
+	flag.StringVar(&o.store, "store", "memory", "store of the OMEMO devices: memory, or bolt (the persistent default, a file per device in a temporary directory, fsync'd commits)")
 	flag.StringVar(&o.trace, "trace", "", "write an execution trace of the extra OMEMO round (with -cpuprofile)")
 	flag.StringVar(&o.plainCPUProfile, "plaincpuprofile", "", "write a CPU profile of an extra plain round")
 	flag.Parse()
@@ -98,6 +106,18 @@ func main() {
 }
 
 func run(o options) error {
+	switch o.store {
+	case "memory":
+	case "bolt":
+		dir, err := os.MkdirTemp("", "e2e-stores-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.storeDir = dir
+	default:
+		return fmt.Errorf("unknown -store %q", o.store)
+	}
 	if !o.quick {
 		lat, err := firstMessage(o)
 		if err != nil {
@@ -126,6 +146,7 @@ type client struct {
 	name string
 	s    *xmpp.Session
 	p    *omemo.Plugin
+	st   store.Store
 	tap  *recorder
 	msgs chan received
 	done chan struct{}
@@ -149,8 +170,15 @@ func connect(o options, name string, presence bool, onMsg func(*client, omemo.Me
 		return nil, fmt.Errorf("dial %s: %w", name, err)
 	}
 	c.s = s
+	st, err := openStore(o)
+	if err != nil {
+		cancel()
+		_ = s.Close()
+		return nil, err
+	}
+	c.st = st
 	p, err := omemo.New(s, omemo.Config{
-		Store:        store.NewMemory(),
+		Store:        st,
 		SendPresence: presence,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnError: func(err error) {
@@ -163,6 +191,7 @@ func connect(o options, name string, presence bool, onMsg func(*client, omemo.Me
 	if err != nil {
 		cancel()
 		_ = s.Close()
+		_ = st.Close()
 		return nil, err
 	}
 	c.p = p
@@ -193,10 +222,28 @@ func connect(o options, name string, presence bool, onMsg func(*client, omemo.Me
 	return c, nil
 }
 
+// openStore returns a fresh store for a device (-store).
+func openStore(o options) (store.Store, error) {
+	if o.store != "bolt" {
+		return store.NewMemory(), nil
+	}
+	f, err := os.CreateTemp(o.storeDir, "device-*.db")
+	if err != nil {
+		return nil, err
+	}
+	path := f.Name()
+	_ = f.Close()
+	_ = os.Remove(path)
+	return store.Open(path, nil)
+}
+
 func (c *client) close() {
 	defer c.stop()
 	if c.p != nil {
 		_ = c.p.Close()
+	}
+	if c.st != nil {
+		_ = c.st.Close()
 	}
 	_ = c.s.Close()
 	select {
