@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	mathrand "math/rand/v2"
 	"os"
@@ -195,6 +196,30 @@ func runDevices(ctx context.Context, o *options, b backing, n int) (*result, err
 	if err := steadyEncrypt(ctx, o, m, st, c, r.N, &r.EncWarmNoSync, &r.EncAnyNoSync, &r.FloorNoSync, &nc); err != nil {
 		return nil, err
 	}
+
+	// The round trips of a start (PostgreSQL), through the counting proxy:
+	// the account's lease, then New and the start-up work it leaves to
+	// the background.
+	m.Close()
+	if err := st.Close(); err != nil {
+		return nil, err
+	}
+	r.OpenTrips, r.StartTrips = -1, -1
+	cs, err := b.counted(ctx)
+	if err != nil || cs == nil {
+		return r, errors.Join(err, errs.err())
+	}
+	defer cs.Close()
+	t0 := cs.trips()
+	cm, err := session.New(ctx, cs, c, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer cm.Close()
+	if err := cm.Flush(ctx); err != nil {
+		return nil, err
+	}
+	r.OpenTrips, r.StartTrips = float64(cs.openTrips), float64(cs.trips()-t0)
 	return r, errs.err()
 }
 

@@ -78,8 +78,8 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "directory for the bbolt files (default: the system's temporary directory)")
 	flag.StringVar(&o.dsn, "dsn", "", "PostgreSQL server (a database the cases may create databases from); default: start a throw-away cluster")
 	flag.StringVar(&kase, "case", "", "run one case and print its result (devices:STORE:N, accounts:STORE:M, steady:STORE)")
-	flag.StringVar(&o.heapProf, "heapprofile", "", "with -case: write a heap profile to this file (devices: after messaging every device; accounts: all started and idle)")
-	flag.StringVar(&o.cpuProf, "cpuprofile", "", "with -case: write a CPU profile of the case to this file")
+	flag.StringVar(&o.heapProf, "heapprofile", "", "write a heap profile to this file (devices: after messaging every device; accounts: all started and idle; without -case: one file per case, named FILE.CASE)")
+	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the measured part of each case to this file (without -case: one file per case, named FILE.CASE)")
 	flag.BoolVar(&o.verbose, "v", false, "progress on stderr")
 	flag.Parse()
 	if quick {
@@ -246,6 +246,14 @@ func runChild(ctx context.Context, o *options, kase string) (*result, error) {
 		"-dir", o.dir, "-dsn", o.dsn, "-backends", backendNames()}
 	if o.verbose {
 		args = append(args, "-v")
+	}
+	// Profiles of every case, one file per case.
+	suffix := "." + strings.ReplaceAll(kase, ":", "-")
+	if o.cpuProf != "" {
+		args = append(args, "-cpuprofile", o.cpuProf+suffix)
+	}
+	if o.heapProf != "" {
+		args = append(args, "-heapprofile", o.heapProf+suffix)
 	}
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Stderr = os.Stderr

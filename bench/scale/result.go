@@ -22,6 +22,8 @@ type result struct {
 	PeakRSS       uint64        `json:"peak_rss,omitempty"`  // peak RSS of the setup
 	Start         timing        `json:"start"`               // session.New on the existing store
 	StartCommits  float64       `json:"start_commits"`       // store commits per New
+	StartTrips    float64       `json:"start_trips"`         // round trips of New and its start-up work, -1 for bbolt
+	OpenTrips     float64       `json:"open_trips"`          // round trips of the store's opening, -1 for bbolt
 	Open          timing        `json:"open"`                // store open
 	EncWarm       timing        `json:"enc_warm"`            // Encrypt to the working set
 	EncAny        timing        `json:"enc_any"`             // Encrypt to any device
@@ -83,6 +85,14 @@ func mib(b uint64) string {
 	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
 }
 
+// trips shows a whole count (or a mean of counts) without decimals.
+func trips(x float64) string {
+	if x < 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
 func perOp(x float64) string {
 	if x < 0 {
 		return "–"
@@ -113,12 +123,12 @@ func printTables(w io.Writer, rs []*result) {
 	}
 	if len(devices) > 0 {
 		fmt.Fprintf(w, "One account, N peer devices, default cache budget, after messaging every device once (times: median wall, with CPU):\n\n")
-		fmt.Fprintln(w, "| store | devices | live heap | RSS | start (New) | commits/start | store open | store size | setup |")
+		fmt.Fprintln(w, "| store | devices | live heap | RSS | start (New) | commits, round trips | store open (round trips) | store size | setup |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 		for _, r := range devices {
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-				r.Store, thousands(r.N), mib(r.Heap), mib(r.RSS), wallCPU(r.Start), perOp(r.StartCommits),
-				ms(r.Open.Median), mib(uint64(r.Size)), ms(r.Setup))
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s, %s | %s (%s) | %s | %s |\n",
+				r.Store, thousands(r.N), mib(r.Heap), mib(r.RSS), wallCPU(r.Start), trips(r.StartCommits), trips(r.StartTrips),
+				ms(r.Open.Median), trips(r.OpenTrips), mib(uint64(r.Size)), ms(r.Setup))
 		}
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "Steady Encrypt to one device, same account: durable commits, then the store reopened without (bbolt NoSync, PostgreSQL synchronous_commit=off); interleaved with a one-key commit (floor):\n\n")

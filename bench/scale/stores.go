@@ -177,8 +177,9 @@ func (p *pgBacking) size(ctx context.Context) (int64, error) {
 // countedStore is a store whose round trips to its server are counted.
 type countedStore struct {
 	store.Store
-	db    *postgres.DB
-	proxy *rtProxy
+	db        *postgres.DB
+	proxy     *rtProxy
+	openTrips int64 // round trips of DB.Account
 }
 
 // trips is the number of round trips so far.
@@ -208,13 +209,14 @@ func (p *pgBacking) counted(ctx context.Context) (*countedStore, error) {
 		proxy.close()
 		return nil, err
 	}
+	t0 := proxy.trips.Load()
 	st, err := db.Account(ctx, ownJID)
 	if err != nil {
 		db.Close()
 		proxy.close()
 		return nil, err
 	}
-	return &countedStore{Store: st, db: db, proxy: proxy}, nil
+	return &countedStore{Store: st, db: db, proxy: proxy, openTrips: proxy.trips.Load() - t0}, nil
 }
 
 func (p *pgBacking) cleanup(ctx context.Context) error {
