@@ -137,6 +137,12 @@ func runDevices(ctx context.Context, o *options, b backing, n int) (*result, err
 	if r.Size, err = b.size(ctx); err != nil {
 		return nil, err
 	}
+	r.FreePages = -1
+	if bb, ok := b.(*boltBacking); ok {
+		if r.FreePages, err = bb.freePages(); err != nil {
+			return nil, err
+		}
+	}
 
 	// Start-up on the existing store, durable from here on.
 	if err := o.startProfile(); err != nil {

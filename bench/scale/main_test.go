@@ -51,11 +51,11 @@ func TestSmoke(t *testing.T) {
 			devices, encrypt, accounts, steady := rows[0], rows[1], rows[2], rows[3]
 
 			// | store | devices | live heap | RSS | start (New) | commits, round trips |
-			// store open (round trips) | store size | setup |
-			if len(devices) != 9 || devices[1] != "300" {
+			// store open (round trips) | store size | bbolt free pages | setup |
+			if len(devices) != 10 || devices[1] != "300" {
 				t.Fatalf("devices row %q", devices)
 			}
-			for _, i := range []int{2, 3, 4, 6, 7, 8} {
+			for _, i := range []int{2, 3, 4, 6, 7, 9} {
 				mustFigure(t, "devices", devices[i])
 			}
 			if kind == "postgres" && !strings.Contains(devices[5], ", ") || strings.Contains(devices[6], "(0)") {

@@ -33,6 +33,7 @@ type result struct {
 	EncAnyNoSync  timing        `json:"enc_any_nosync"`
 	FloorNoSync   timing        `json:"floor_nosync"`
 	Size          int64         `json:"size,omitempty"` // stored data
+	FreePages     int           `json:"free_pages"`     // bbolt's free pages after the setup, -1 for PostgreSQL
 	Backends      int           `json:"backends,omitempty"`
 	CacheBudget   int64         `json:"cache_budget,omitempty"`
 
@@ -85,6 +86,13 @@ func mib(b uint64) string {
 	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
 }
 
+func freePages(n int) string {
+	if n < 0 {
+		return "–"
+	}
+	return thousands(n)
+}
+
 // trips shows a whole count (or a mean of counts) without decimals.
 func trips(x float64) string {
 	if x < 0 {
@@ -123,12 +131,12 @@ func printTables(w io.Writer, rs []*result) {
 	}
 	if len(devices) > 0 {
 		fmt.Fprintf(w, "One account, N peer devices, default cache budget, after messaging every device once (times: median wall, with CPU):\n\n")
-		fmt.Fprintln(w, "| store | devices | live heap | RSS | start (New) | commits, round trips | store open (round trips) | store size | setup |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| store | devices | live heap | RSS | start (New) | commits, round trips | store open (round trips) | store size | bbolt free pages | setup |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 		for _, r := range devices {
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s, %s | %s (%s) | %s | %s |\n",
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s, %s | %s (%s) | %s | %s | %s |\n",
 				r.Store, thousands(r.N), mib(r.Heap), mib(r.RSS), wallCPU(r.Start), trips(r.StartCommits), trips(r.StartTrips),
-				ms(r.Open.Median), trips(r.OpenTrips), mib(uint64(r.Size)), ms(r.Setup))
+				ms(r.Open.Median), trips(r.OpenTrips), mib(uint64(r.Size)), freePages(r.FreePages), ms(r.Setup))
 		}
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "Steady Encrypt to one device, same account: durable commits, then the store reopened without (bbolt NoSync, PostgreSQL synchronous_commit=off); interleaved with a one-key commit (floor):\n\n")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	bolt "go.etcd.io/bbolt"
 
 	"mellium.im/omemo/store"
 	"mellium.im/omemo/store/postgres"
@@ -90,6 +91,18 @@ func (b *boltBacking) size(ctx context.Context) (int64, error) {
 }
 
 func (b *boltBacking) counted(ctx context.Context) (*countedStore, error) { return nil, nil }
+
+// freePages is the number of free pages on bbolt's freelist of the
+// one-account file (closed), which every commit writes out.
+func (b *boltBacking) freePages() (int, error) {
+	db, err := bolt.Open(filepath.Join(b.dir, "omemo.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	s := db.Stats()
+	return s.FreePageN + s.PendingPageN, nil
+}
 
 func (b *boltBacking) cleanup(ctx context.Context) error { return os.RemoveAll(b.dir) }
 
