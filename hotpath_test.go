@@ -348,7 +348,7 @@ func TestContentBody(t *testing.T) {
 // then the three bundles), as bench/e2e measures on the wire.
 func TestFirstMessageRounds(t *testing.T) {
 	srv := sessiontest.NewServer()
-	rc := &roundCounter{Network: srv.Network("alice@example.org"), delay: 20 * time.Millisecond}
+	rc := &roundCounter{Network: srv.Network("alice@example.org"), delay: roundDelay}
 	alice := newDeviceOn(t, rc, "alice@example.org/a", both, true)
 	for i := range 3 {
 		newDevice(t, srv, fmt.Sprintf("bob@example.org/d%d", i), both, true)

@@ -14,6 +14,12 @@ import (
 	"mellium.im/xmpp/jid"
 )
 
+// roundDelay is how long each counted download takes. It must be well above
+// the time it takes to launch a round's downloads on a loaded machine under
+// the race detector, or a download launched late is counted one round too
+// deep (seen in CI with 20 ms).
+const roundDelay = 200 * time.Millisecond
+
 // roundCounter is a Network whose downloads take a while and are recorded
 // with their depth: 1 + the largest depth among the downloads that had
 // answered when it was asked (the number of sequential round trips it
@@ -79,7 +85,7 @@ func (r *roundCounter) DownloadDeviceList(ctx context.Context, ns, j string) (l 
 // once (the bundles that reveal identity keys also build the sessions).
 func TestFirstRoomMessageRounds(t *testing.T) {
 	srv := sessiontest.NewServer()
-	rc := &roundCounter{Network: srv.Network("alice@example.org"), delay: 20 * time.Millisecond}
+	rc := &roundCounter{Network: srv.Network("alice@example.org"), delay: roundDelay}
 	alice := newDeviceOn(t, rc, "alice@example.org/a", both, true)
 	alice.p.TrackRoom(jid.MustParse(testRoom + "/alice"))
 	var members []*device
