@@ -29,8 +29,8 @@ func TestSmoke(t *testing.T) {
 	for _, kind := range []string{"bolt", "postgres"} {
 		t.Run(kind, func(t *testing.T) {
 			o := &options{
-				devices: []int{300}, accounts: []int{40}, stores: []string{kind},
-				perJID: 1, batch: 50, workers: 2, messages: 60, workSet: 20, restarts: 2,
+				devices: []int{200}, accounts: []int{20}, stores: []string{kind},
+				perJID: 1, batch: 50, workers: 2, messages: 40, workSet: 10, restarts: 2,
 				dir: t.TempDir(),
 			}
 			name := "bbolt"
@@ -52,7 +52,7 @@ func TestSmoke(t *testing.T) {
 
 			// | store | devices | live heap | RSS | start (New) | commits, round trips |
 			// store open (round trips) | store size | bbolt free pages | setup |
-			if len(devices) != 10 || devices[1] != "300" {
+			if len(devices) != 10 || devices[1] != "200" {
 				t.Fatalf("devices row %q", devices)
 			}
 			for _, i := range []int{2, 3, 4, 6, 7, 9} {
@@ -63,7 +63,7 @@ func TestSmoke(t *testing.T) {
 			}
 			// | store | devices | working set | any device | floor | working set, no sync |
 			// any device, no sync | floor, no sync | commits/Encrypt |
-			if len(encrypt) != 9 || encrypt[1] != "300" {
+			if len(encrypt) != 9 || encrypt[1] != "200" {
 				t.Fatalf("Encrypt row %q", encrypt)
 			}
 			for _, i := range []int{2, 3, 4, 5, 6, 7} {
@@ -74,7 +74,7 @@ func TestSmoke(t *testing.T) {
 			}
 
 			// | store | accounts | backends | start all | goroutines, idle | heap per idle account | restart all |
-			if len(accounts) != 7 || accounts[1] != "40" || accounts[2] != "2" {
+			if len(accounts) != 7 || accounts[1] != "20" || accounts[2] != "2" {
 				t.Fatalf("accounts row %q", accounts)
 			}
 			for _, i := range []int{3, 4, 5, 6} {
