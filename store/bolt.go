@@ -525,6 +525,15 @@ func (s *boltStore) update(ctx context.Context, f func(Tx) error) error {
 	if err := s.at(faultCommit); err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
+	if !tx.wrote {
+		// Nothing to make durable: bbolt would still write a meta page
+		// and fdatasync (a start of a session Manager runs several such
+		// Updates that only find everything in order).
+		_ = btx.Rollback()
+		committed = true
+		s.commits.Add(1)
+		return nil
+	}
 	if err := commit(btx); err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
@@ -639,8 +648,11 @@ type boltTx struct {
 	bkt     *bolt.Bucket
 	parent  *bolt.Bucket // the accounts bucket, for an account's store
 	account string
-	deleted bool    // an account's transaction deleted keys (see finish)
-	faults  *faults // nil for a View
+	deleted bool // an account's transaction deleted keys (see finish)
+	// wrote is set by the first Put, Delete or DeletePrefix that reached
+	// the bucket: an Update without one has nothing to commit.
+	wrote  bool
+	faults *faults // nil for a View
 }
 
 // open locates the store's keys in btx: the data bucket, or the bucket of
@@ -715,6 +727,7 @@ func (tx *boltTx) Put(key string, value []byte) (err error) {
 		return err
 	}
 	defer guard(&err, trap())
+	tx.wrote = true
 	if tx.bkt == nil {
 		if tx.bkt, err = tx.parent.CreateBucket([]byte(tx.account)); err != nil {
 			return fmt.Errorf("store: creating the bucket of the account: %w", err)
@@ -739,7 +752,7 @@ func (tx *boltTx) Delete(key string) (err error) {
 		return nil
 	}
 	defer guard(&err, trap())
-	tx.deleted = true
+	tx.deleted, tx.wrote = true, true
 	return tx.bkt.Delete([]byte(key))
 }
 
@@ -789,7 +802,7 @@ func (tx *boltTx) DeletePrefix(prefix string) (err error) {
 		return nil
 	}
 	defer guard(&err, trap())
-	tx.deleted = true
+	tx.deleted, tx.wrote = true, true
 	p := []byte(prefix)
 	// Collect first: deleting while iterating a bbolt cursor can skip keys.
 	var keys [][]byte

@@ -1,6 +1,10 @@
 package store
 
-import "fmt"
+import (
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 // Test-only access for the tests in package store_test.
 
@@ -34,4 +38,15 @@ func SetFaultHook(s Store, hook func(FaultPoint) error) {
 		return
 	}
 	f.hook.Store(&hook)
+}
+
+// BoltTxID returns the id of the last transaction committed to the file
+// of b: it grows by one with every commit bbolt writes.
+func BoltTxID(b *Bolt) uint64 {
+	var id uint64
+	_ = b.s.file.db.View(func(tx *bolt.Tx) error {
+		id = uint64(tx.ID())
+		return nil
+	})
+	return id
 }

@@ -178,7 +178,8 @@ func CheckAccountName(name string) error {
 type Stats struct {
 	// Commits is the number of Update transactions that committed (Update
 	// returned nil), including those that changed nothing. For the
-	// persistent store each one is a durable, fsync'd commit.
+	// persistent store each one that wrote is a durable, fsync'd commit;
+	// one that did not write costs no disk write.
 	Commits uint64
 	// Rollbacks is the number of Update transactions that started but did
 	// not commit (f returned an error or panicked, ctx was done, or the
