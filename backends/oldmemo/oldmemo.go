@@ -97,10 +97,10 @@ func (b *Backend) Bundle() (bundle.Bundle, error) {
 	var out bundle.Bundle
 	err := b.Read(func(st *x3dh.State) error {
 		xb := st.Bundle()
-		ik, err := xeddsa.Ed25519ToCurve25519(xb.IdentityKey)
-		if err != nil {
-			return fmt.Errorf("omemo: own identity key: %w", err)
-		}
+		// The own identity key: derived from its private key, and compared
+		// with it when the key state was loaded, so no subgroup check (a
+		// scalar multiplication at every start of every account).
+		ik := xeddsa.Ed25519ToCurve25519Trusted(xb.IdentityKey)
 		sig := xb.SignedPreKeySignature
 		sig[63] |= xb.IdentityKey[31] & 0x80
 		out = bundle.Bundle{
