@@ -81,17 +81,26 @@ func Unspill(seqs ...uint64) DecryptOption {
 
 // next returns and advances a persistent counter.
 func next(tx store.Tx, key string) (uint64, error) {
-	var n uint64 = 1
+	n, err := readCounter(tx, key)
+	if err != nil {
+		return 0, err
+	}
+	return n, tx.Put(key, binary.BigEndian.AppendUint64(nil, n+1))
+}
+
+// readCounter returns the value of the counter at key: 1 if it was never
+// written.
+func readCounter(tx store.Tx, key string) (uint64, error) {
 	raw, err := tx.Get(key)
 	switch {
 	case err == nil && len(raw) == 8:
-		n = binary.BigEndian.Uint64(raw)
+		return binary.BigEndian.Uint64(raw), nil
 	case err == nil:
 		return 0, fmt.Errorf("%w: counter %s", store.ErrCorrupt, key)
 	case !errors.Is(err, store.ErrNotFound):
 		return 0, err
 	}
-	return n, tx.Put(key, binary.BigEndian.AppendUint64(nil, n+1))
+	return 1, nil
 }
 
 // applyOptions writes what the options ask for into tx, once the message
@@ -120,10 +129,18 @@ func (m *Manager) applyOptions(tx store.Tx, o *decryptOptions, out *Decrypted) e
 	if rec == nil {
 		return nil
 	}
-	seq, err := next(tx, keyInboxNext)
-	if err != nil {
+	// The counter as last committed, if known: only this Manager writes
+	// it, under mu (the store is leased to it).
+	seq := m.inboxNext
+	if seq == 0 {
+		if seq, err = readCounter(tx, keyInboxNext); err != nil {
+			return err
+		}
+	}
+	if err := tx.Put(keyInboxNext, binary.BigEndian.AppendUint64(nil, seq+1)); err != nil {
 		return err
 	}
+	m.inboxPending = seq + 1
 	out.InboxSeq = seq
 	return tx.Put(keyInbox(seq), rec)
 }

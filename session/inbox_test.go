@@ -127,3 +127,67 @@ func TestInbox(t *testing.T) {
 		t.Fatalf("spill left: %+v", sp)
 	}
 }
+
+// The inbox counter is read from the store once: later decryptions take it
+// from memory (a round trip less each with PostgreSQL), and after a failed
+// commit it is read again, so that sequence numbers never repeat.
+func TestInboxCounterReadOnce(t *testing.T) {
+	ctx := context.Background()
+	srv := sessiontest.NewServer()
+	rc := &readCounter{Store: store.NewMemory()}
+	cfg := session.Config{JID: "bob@example.org", Backends: []backends.Factory{twomemo.Factory}, StartSynced: true}
+	bob, err := session.New(ctx, rc, srv.Network(cfg.JID), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	alice := newClient(t, srv, "alice@example.org", twomemo.Factory)
+	if err := alice.m.RefreshDeviceLists(ctx, cfg.JID); err != nil {
+		t.Fatal(err)
+	}
+	keep := session.Keep(func(d *session.Decrypted) ([]byte, error) { return []byte("rec"), nil })
+	counterReads := func() int {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		return rc.keyReads["omemo/inbox-next"]
+	}
+	rc.mu.Lock()
+	rc.keyReads = map[string]int{}
+	rc.mu.Unlock()
+	seen := map[uint64]bool{}
+	decrypt := func(i int, keep session.DecryptOption) (*session.Decrypted, error) {
+		send(t, srv, alice, fmt.Sprint("m", i), cfg.JID)
+		in := srv.Inbox(cfg.JID)
+		return bob.Decrypt(ctx, alice.jid, in[len(in)-1].Message, keep)
+	}
+	for i := range 5 {
+		dec, err := decrypt(i, keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[dec.InboxSeq] {
+			t.Fatalf("inbox sequence %d repeated", dec.InboxSeq)
+		}
+		seen[dec.InboxSeq] = true
+	}
+	if n := counterReads(); n != 1 {
+		t.Fatalf("the inbox counter was read %d times for 5 decryptions, want 1", n)
+	}
+	// A decryption whose transaction fails (the application's record
+	// cannot be made) commits nothing; the next one reads the counter again
+	// and still gets a fresh number.
+	failing := session.Keep(func(d *session.Decrypted) ([]byte, error) { return nil, errors.New("no record") })
+	if _, err := decrypt(5, failing); err == nil {
+		t.Fatal("a failing Keep did not fail the decryption")
+	}
+	dec, err := decrypt(6, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen[dec.InboxSeq] {
+		t.Fatalf("inbox sequence %d repeated after a failed commit", dec.InboxSeq)
+	}
+	if n := counterReads(); n != 2 {
+		t.Fatalf("the inbox counter was read %d times, want 2 (once more after the failed commit)", n)
+	}
+}

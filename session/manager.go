@@ -47,6 +47,11 @@ type Manager struct {
 	// acks are inbox entries acknowledged and not deleted yet (guarded by
 	// mu; inbox.go).
 	acks []uint64
+	// inboxNext is the next inbox sequence number as last committed, 0 if
+	// unknown (read from the store then); inboxPending is what a running
+	// transaction wrote (guarded by mu; inbox.go). Keeping it saves a
+	// store read per decryption: a round trip with PostgreSQL.
+	inboxNext, inboxPending uint64
 	// order holds the loaded namespaces in priority order. It is never
 	// modified once stored: PurgeBackend stores a new one (under mu), so
 	// that it can be read without the lock.
@@ -321,6 +326,13 @@ func (m *Manager) updateLocked(ctx context.Context, f func(tx store.Tx) error) e
 	if err == nil && acked > 0 {
 		m.acks = slices.Delete(m.acks, 0, acked)
 	}
+	switch pending := m.inboxPending; {
+	case err != nil || track == nil || track.meta || track.sessionsGone:
+		m.inboxNext = 0 // read it again
+	case pending != 0:
+		m.inboxNext = pending
+	}
+	m.inboxPending = 0
 	if track != nil && (track.meta || track.sessionsGone) {
 		m.cache.invalidate(track.meta, track.sessionsGone)
 	} else if err == nil && track != nil && len(track.newSessions) > 0 {

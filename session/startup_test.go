@@ -24,12 +24,16 @@ type readCounter struct {
 	mu       sync.Mutex
 	reads    int
 	sessions int
+	keyReads map[string]int // per key, if not nil
 }
 
 func (r *readCounter) count(key string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reads++
+	if r.keyReads != nil {
+		r.keyReads[key]++
+	}
 	if strings.Contains(key, "/sessions/") {
 		r.sessions++
 	}
