@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"unicode/utf8"
+
+	life "mellium.im/omemo/internal/lifecycle"
 )
 
 // Store is a transactional key-value store.
@@ -263,59 +264,32 @@ func notFound(key string) error {
 	return fmt.Errorf("%w (key of %d bytes)", ErrNotFound, len(key))
 }
 
-// lifecycle tracks whether a store is closed and how many transactions are
-// running, so that Close can refuse new transactions, wake writers queued on
-// the write lock and wait for the running ones.
+// lifecycle is the shared lifecycle.L with this package's error: it
+// tracks whether a store is closed and how many transactions are running.
 type lifecycle struct {
-	mu      sync.Mutex
-	cond    sync.Cond
-	closed  bool
-	active  int
-	closing chan struct{} // closed by close
+	life.L
+	closing <-chan struct{} // closed by close
 }
 
 func (l *lifecycle) init() {
-	l.cond.L = &l.mu
-	l.closing = make(chan struct{})
+	l.Init()
+	l.closing = l.Closing()
 }
 
 // enter registers a running transaction; it fails with ErrClosed after
 // close.
 func (l *lifecycle) enter() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+	if !l.Enter() {
 		return ErrClosed
 	}
-	l.active++
 	return nil
 }
 
-func (l *lifecycle) leave() {
-	l.mu.Lock()
-	l.active--
-	if l.active == 0 {
-		l.cond.Broadcast()
-	}
-	l.mu.Unlock()
-}
+func (l *lifecycle) leave() { l.Leave() }
 
-// close marks the store closed and waits for the running transactions
-// (also when it is not the first call, so that every Close returns only
-// once the store is idle). It reports whether this was the first call.
-func (l *lifecycle) close() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	first := !l.closed
-	if first {
-		l.closed = true
-		close(l.closing)
-	}
-	for l.active > 0 {
-		l.cond.Wait()
-	}
-	return first
-}
+// close marks the store closed and waits for the running transactions. It
+// reports whether this was the first call.
+func (l *lifecycle) close() bool { return l.Close() }
 
 // writeLock is a one-slot semaphore serialising read-write transactions. It
 // is a channel rather than a mutex so that waiting honours ctx and Close.

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	life "mellium.im/omemo/internal/lifecycle"
 	"mellium.im/omemo/store"
 )
 
@@ -208,56 +208,32 @@ func wrap(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("postgres: %s: %w", op, err)
 }
 
-// lifecycle tracks whether a Store is closed and how many transactions are
-// running, so that Close can refuse new transactions, wake writers waiting
-// for their turn and wait for the running ones.
+// lifecycle is the shared lifecycle.L with this package's error: it
+// tracks whether a store is closed and how many transactions are running.
 type lifecycle struct {
-	mu      sync.Mutex
-	cond    sync.Cond
-	closed  bool
-	active  int
-	closing chan struct{} // closed by close
+	life.L
+	closing <-chan struct{} // closed by close
 }
 
 func (l *lifecycle) init() {
-	l.cond.L = &l.mu
-	l.closing = make(chan struct{})
+	l.Init()
+	l.closing = l.Closing()
 }
 
+// enter registers a running transaction; it fails with ErrClosed after
+// close.
 func (l *lifecycle) enter() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+	if !l.Enter() {
 		return store.ErrClosed
 	}
-	l.active++
 	return nil
 }
 
-func (l *lifecycle) leave() {
-	l.mu.Lock()
-	l.active--
-	if l.active == 0 {
-		l.cond.Broadcast()
-	}
-	l.mu.Unlock()
-}
+func (l *lifecycle) leave() { l.Leave() }
 
-// close marks the Store closed and waits for the running transactions. It
+// close marks the store closed and waits for the running transactions. It
 // reports whether this was the first call.
-func (l *lifecycle) close() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return false
-	}
-	l.closed = true
-	close(l.closing)
-	for l.active > 0 {
-		l.cond.Wait()
-	}
-	return true
-}
+func (l *lifecycle) close() bool { return l.Close() }
 
 // batchResults reads the results of a batch of n statements; it returns
 // the first error and how many statements completed before it.
