@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"mellium.im/omemo/internal/xeddsa"
 )
@@ -224,7 +225,9 @@ func checkBundle(cfg *Config, b *Bundle) ([32]byte, error) {
 // from rand. It then reads the 32-byte ephemeral private key from rand and
 // picks one of b.PreKeys uniformly at random: it reads 4-byte big-endian
 // values v from rand until v < 2^32 - (2^32 mod n) and uses index v mod n
-// (rejection sampling, no modulo bias). If rand is nil, crypto/rand is used.
+// (rejection sampling, no modulo bias). A pre key with id 0 is left out of
+// the choice (n counts the others) unless it is the only one: some clients
+// cannot use it (see choosePreKey). If rand is nil, crypto/rand is used.
 //
 // identityPriv is the initiator's private identity scalar; it is clamped
 // before use (a no-op for xeddsa.PrivFromSeed output).
@@ -239,11 +242,35 @@ func Active(cfg *Config, identityPriv [32]byte, b *Bundle, rand io.Reader) (Resu
 		return Result{}, Header{}, fmt.Errorf("x3dh: reading ephemeral key: %w", err)
 	}
 	defer clear(ek[:])
-	idx, err := uniformIndex(rand, len(b.PreKeys))
+	idx, err := choosePreKey(rand, b.PreKeys)
 	if err != nil {
 		return Result{}, Header{}, err
 	}
 	return active(cfg, identityPriv, b, ikB, ek, idx)
+}
+
+// choosePreKey returns the index of a pre key of pks chosen uniformly at
+// random, leaving out the pre key with id 0 unless it is the only one.
+//
+// Id 0 is valid, and converse.js publishes pre keys numbered from 0, but
+// libsignal-protocol-javascript and converse's libomemo.js (2.0.2) test the
+// received id for truth ("preKeyId ? load it : none"): a key exchange that
+// uses pre key 0 is processed without it and fails with "Bad MAC", so the
+// first message to a converse device would be lost once in a hundred times.
+// Avoiding the id costs nothing: the choice stays uniform among the others.
+func choosePreKey(rand io.Reader, pks []PublicPreKey) (int, error) {
+	zero := slices.IndexFunc(pks, func(pk PublicPreKey) bool { return pk.ID == 0 })
+	if zero < 0 || len(pks) == 1 {
+		return uniformIndex(rand, len(pks))
+	}
+	idx, err := uniformIndex(rand, len(pks)-1)
+	if err != nil {
+		return 0, err
+	}
+	if idx >= zero {
+		idx++
+	}
+	return idx, nil
 }
 
 // ActiveWith is the deterministic core of Active: it performs the same checks

@@ -1046,3 +1046,66 @@ func TestKeyIDZero(t *testing.T) {
 		})
 	}
 }
+
+// TestPreKeyZeroAvoided: converse.js publishes pre keys numbered from 0, and
+// its libomemo.js processes a key exchange naming pre key 0 without it ("Bad
+// MAC"). The initiator leaves id 0 out of the choice unless it is the only
+// pre key, and chooses uniformly among the others.
+func TestPreKeyZeroAvoided(t *testing.T) {
+	pks := []PublicPreKey{{ID: 5}, {ID: 0}, {ID: 7}, {ID: 9}}
+	// Every value of the first draw: v mod 3 picks among 5, 7 and 9.
+	for v := range 6 {
+		idx, err := choosePreKey(bytes.NewReader([]byte{0, 0, 0, byte(v)}), pks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []uint32{5, 7, 9}[v%3]; pks[idx].ID != want {
+			t.Errorf("draw %d: pre key %d, want %d", v, pks[idx].ID, want)
+		}
+	}
+	counts := map[uint32]int{}
+	for range 3000 {
+		idx, err := choosePreKey(rand.Reader, pks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[pks[idx].ID]++
+	}
+	if counts[0] != 0 {
+		t.Errorf("pre key 0 chosen %d/3000 times", counts[0])
+	}
+	for _, id := range []uint32{5, 7, 9} {
+		if c := counts[id]; c < 850 || c > 1150 {
+			t.Errorf("pre key %d chosen %d/3000 times", id, c)
+		}
+	}
+	// The only pre key is used even if its id is 0 (TestKeyIDZero runs the
+	// whole exchange).
+	if idx, err := choosePreKey(bytes.NewReader([]byte{0xff, 0xff, 0xff, 0xff}), []PublicPreKey{{ID: 0}}); err != nil || idx != 0 {
+		t.Errorf("single pre key 0: idx %d, err %v", idx, err)
+	}
+
+	// Through Active: a bundle whose pre keys are 0..3 never yields 0.
+	c := configs[0]
+	bob := newState(t, c.cfg, 4)
+	renumbered := map[uint32]*PreKey{}
+	for _, pk := range bob.PreKeys {
+		pk.ID = uint32(len(renumbered))
+		renumbered[pk.ID] = pk
+	}
+	bob.PreKeys = renumbered
+	b := bob.Bundle()
+	for range 40 {
+		ra, h, err := Active(c.cfg, newIdentity(t), &b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.PreKeyID == 0 {
+			t.Fatal("Active chose pre key 0 among four")
+		}
+		rb, _, err := bob.Passive(c.cfg, &h)
+		if err != nil || ra.SharedSecret != rb.SharedSecret {
+			t.Fatalf("Passive: %v (agree %v)", err, ra.SharedSecret == rb.SharedSecret)
+		}
+	}
+}
