@@ -2,6 +2,7 @@ package omemo
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,35 +37,63 @@ func TestManyMatchingChildren(t *testing.T) {
 			if tc.from != "" {
 				from = ` from='` + tc.from + `'`
 			}
-			raw := `<message xmlns='jabber:client' type='` + tc.typ + `'` + from + ` to='bob@example.org/b' id='big'>` +
-				strings.Repeat(tc.child, n) + `</message>`
-			began := time.Now()
-			if err := dispatch(bob.m, raw); err != nil {
-				t.Fatal(err)
+			// The best of three stanzas (distinct ids), so that a pause of
+			// a loaded machine is not counted as our work.
+			var best time.Duration
+			for try := range 3 {
+				raw := `<message xmlns='jabber:client' type='` + tc.typ + `'` + from + ` to='bob@example.org/b' id='big` + strconv.Itoa(try) + `'>` +
+					strings.Repeat(tc.child, n) + `</message>`
+				began := time.Now()
+				if err := dispatch(bob.m, raw); err != nil {
+					t.Fatal(err)
+				}
+				if took := time.Since(began); try == 0 || took < best {
+					best = took
+				}
+				if try == 0 {
+					t.Logf("%d children, %d KiB", n, len(raw)>>10)
+				}
+				bob.wait()
+				msgs, errs := bob.take()
+				if len(msgs) != 0 {
+					t.Fatalf("messages %+v", msgs)
+				}
+				switch {
+				case !tc.wantErr && len(errs) != 0:
+					t.Fatalf("errors %v", errs)
+				case tc.wantErr && (len(errs) != 1 || !errors.Is(errs[0], ErrMalformedStanza)):
+					t.Fatalf("errors %v, want one ErrMalformedStanza", errs)
+				}
 			}
-			took := time.Since(began)
-			t.Logf("%d children, %d KiB: %v in the Serve goroutine", n, len(raw)>>10, took)
-			// Quadratic work took 54 s here; linear work takes 25-50 ms
-			// alone, and up to 2 s under the race detector while other
-			// test packages load both cores.
-			if took > 500*time.Millisecond*raceSlowdown {
-				t.Errorf("handling took %v", took)
+			// What merely reading a stanza of the same size costs: children
+			// of the same length that no handler matches.
+			size := len(tc.child)
+			filler := `<x xmlns='urn:example:unmatched'>` + strings.Repeat("a", max(0, size-len(`<x xmlns='urn:example:unmatched'></x>`))) + `</x>`
+			var base time.Duration
+			for try := range 3 {
+				raw := `<message xmlns='jabber:client' type='` + tc.typ + `'` + from + ` to='bob@example.org/b' id='plain` + strconv.Itoa(try) + `'>` +
+					strings.Repeat(filler, n) + `</message>`
+				began := time.Now()
+				if err := dispatch(bob.m, raw); err != nil {
+					t.Fatal(err)
+				}
+				if took := time.Since(began); try == 0 || took < base {
+					base = took
+				}
 			}
-			bob.wait()
-			msgs, errs := bob.take()
-			if len(msgs) != 0 {
-				t.Fatalf("messages %+v", msgs)
-			}
-			switch {
-			case !tc.wantErr && len(errs) != 0:
-				t.Fatalf("errors %v", errs)
-			case tc.wantErr && (len(errs) != 1 || !errors.Is(errs[0], ErrMalformedStanza)):
-				t.Fatalf("errors %v, want one ErrMalformedStanza", errs)
+			t.Logf("%v in the Serve goroutine (best of 3); the same size unmatched: %v", best, base)
+			// Quadratic work took 54 s here. Linear work costs a few times
+			// reading the stanza, within the issue's "well under 100 ms"
+			// for its ~300 KB (the stanzas here are 265-804 KiB). The race
+			// detector slows both down about tenfold.
+			budget := time.Duration(float64(100*time.Millisecond) * float64(n*size) / 300e3)
+			if best > 3*base+20*time.Millisecond*raceSlowdown || best > budget*raceSlowdown {
+				t.Errorf("handling took %v (reading alone %v, budget %v)", best, base, budget)
 			}
 
 			// The next message goes through at once.
-			raw = alice.send(bob.full.Bare(), "right after")
-			began = time.Now()
+			raw := alice.send(bob.full.Bare(), "right after")
+			began := time.Now()
 			bob.deliver(raw)
 			if took := time.Since(began); took > time.Second {
 				t.Errorf("next message took %v", took)
