@@ -5,19 +5,15 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"mellium.im/omemo"
+	"mellium.im/omemo/internal/xmpptest"
 	"mellium.im/omemo/pep"
 	"mellium.im/omemo/store"
-	"mellium.im/xmpp"
-	"mellium.im/xmpp/jid"
-	"mellium.im/xmpp/stream"
 )
 
 // refusingIQ is what the refusing server reads of a request.
@@ -38,79 +34,34 @@ type refusingIQ struct {
 // words, what was refused and what the server's operator can do; the
 // typed error underneath stays reachable.
 func TestStartOpenAccessRefused(t *testing.T) {
-	client, server := net.Pipe()
 	var mu sync.Mutex
 	var ops []string
-	srvDone := make(chan struct{})
-	go func() {
-		defer close(srvDone)
-		if _, err := io.WriteString(server, `<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='1' version='1.0'>`); err != nil {
-			return
+	s := xmpptest.Session(t, func(iq *refusingIQ) string {
+		if iq.Type != "get" && iq.Type != "set" {
+			return ""
 		}
-		d := xml.NewDecoder(server)
-		for {
-			tok, err := d.Token()
-			if err != nil {
-				return
-			}
-			start, ok := tok.(xml.StartElement)
-			if !ok || start.Name.Local != "iq" {
-				continue
-			}
-			var iq refusingIQ
-			if err := d.DecodeElement(&iq, &start); err != nil {
-				return
-			}
-			if iq.Type != "get" && iq.Type != "set" {
-				continue
-			}
-			resp := fmt.Sprintf(`<iq type='result' id='%s'/>`, iq.ID)
-			errIQ := func(cond string) string {
-				return fmt.Sprintf(`<iq type='error' id='%s'><error type='cancel'>%s</error></iq>`, iq.ID, cond)
-			}
-			op := "other"
-			switch ps := iq.PubSub; {
-			case ps != nil && ps.Publish != nil:
-				op = "publish"
-				resp = errIQ(`<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/>`)
-			case ps != nil && ps.Configure != nil:
-				op = "configure"
-				resp = errIQ(`<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`)
-			case ps != nil && ps.Items != nil:
-				op = "items"
-				resp = errIQ(`<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`)
-			}
-			mu.Lock()
-			ops = append(ops, op)
-			mu.Unlock()
-			if _, err := io.WriteString(server, resp); err != nil {
-				return
-			}
+		errIQ := func(cond string) string {
+			return fmt.Sprintf(`<iq type='error' id='%s'><error type='cancel'>%s</error></iq>`, iq.ID, cond)
 		}
-	}()
-	negotiate := func(ctx context.Context, in, out *stream.Info, s *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, interface{}, error) {
-		r := s.TokenReader()
-		defer r.Close()
-		_, err := r.Token()
-		return xmpp.Ready, nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	s, err := xmpp.NewSession(ctx, jid.MustParse("localhost"), jid.MustParse("alice@localhost/r"), client, 0, negotiate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = s.Serve(nil)
-	}()
-	t.Cleanup(func() {
-		_ = client.Close()
-		_ = server.Close()
-		<-served
-		<-srvDone
+		op, resp := "other", fmt.Sprintf(`<iq type='result' id='%s'/>`, iq.ID)
+		switch ps := iq.PubSub; {
+		case ps != nil && ps.Publish != nil:
+			op = "publish"
+			resp = errIQ(`<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/>`)
+		case ps != nil && ps.Configure != nil:
+			op = "configure"
+			resp = errIQ(`<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`)
+		case ps != nil && ps.Items != nil:
+			op = "items"
+			resp = errIQ(`<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`)
+		}
+		mu.Lock()
+		ops = append(ops, op)
+		mu.Unlock()
+		return resp
 	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 
 	p, err := omemo.New(s, omemo.Config{Store: store.NewMemory()})
 	if err != nil {

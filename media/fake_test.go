@@ -1,12 +1,10 @@
 package media_test
 
 import (
-	"context"
 	"encoding/xml"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,11 +14,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
+	"mellium.im/omemo/internal/xmpptest"
 	"mellium.im/xmpp"
-	"mellium.im/xmpp/jid"
-	"mellium.im/xmpp/stream"
 )
 
 // fakeXMPP is a scripted XMPP server for Upload: disco#info and
@@ -96,57 +92,7 @@ func (f *fakeXMPP) answer(iq *fakeIQ) string {
 // session runs a client session for alice@localhost/r against f.
 func (f *fakeXMPP) session(t testing.TB) *xmpp.Session {
 	t.Helper()
-	client, server := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if _, err := io.WriteString(server, `<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='1' version='1.0'>`); err != nil {
-			return
-		}
-		d := xml.NewDecoder(server)
-		for {
-			tok, err := d.Token()
-			if err != nil {
-				return
-			}
-			start, ok := tok.(xml.StartElement)
-			if !ok || start.Name.Local != "iq" {
-				continue
-			}
-			var iq fakeIQ
-			if err := d.DecodeElement(&iq, &start); err != nil {
-				return
-			}
-			if _, err := io.WriteString(server, f.answer(&iq)); err != nil {
-				return
-			}
-		}
-	}()
-	negotiate := func(ctx context.Context, in, out *stream.Info, s *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, interface{}, error) {
-		r := s.TokenReader()
-		defer r.Close()
-		_, err := r.Token() // the server's stream header
-		return xmpp.Ready, nil, nil, err
-	}
-	// Cancelled only after the session is gone (see prosodytest.Dial).
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	s, err := xmpp.NewSession(ctx, jid.MustParse("localhost"), jid.MustParse("alice@localhost/r"), client, 0, negotiate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = s.Serve(nil)
-	}()
-	t.Cleanup(func() {
-		_ = client.Close()
-		_ = server.Close()
-		<-served
-		<-done
-	})
-	return s
+	return xmpptest.Session(t, f.answer)
 }
 
 func (f *fakeXMPP) slotRequests() []string {

@@ -2,22 +2,18 @@ package pep_test
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"mellium.im/omemo/internal/xmpptest"
 	"mellium.im/omemo/pep"
 	"mellium.im/xmpp"
-	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
-	"mellium.im/xmpp/stream"
 )
 
 type formField struct {
@@ -53,74 +49,25 @@ func maxItemsOf(fs []formField) string {
 // It returns the session and the log of requests.
 func fakeServer(t *testing.T, reply func(op, max string) string) (*xmpp.Session, *[]string) {
 	t.Helper()
-	client, server := net.Pipe()
+	// log is written on the server's goroutine and read after the
+	// requests were answered.
 	var log []string
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if _, err := io.WriteString(server, `<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='1' version='1.0'>`); err != nil {
-			return
+	s := xmpptest.Session(t, func(iq *fakeIQ) string {
+		var op, max string
+		switch {
+		case iq.PubSub.Publish != nil:
+			op = "publish"
+			if iq.PubSub.Options != nil {
+				max = maxItemsOf(iq.PubSub.Options.Fields)
+			}
+		case iq.PubSub.Configure != nil:
+			op, max = "configure", maxItemsOf(iq.PubSub.Configure.Fields)
 		}
-		d := xml.NewDecoder(server)
-		for {
-			tok, err := d.Token()
-			if err != nil {
-				return
-			}
-			start, ok := tok.(xml.StartElement)
-			if !ok || start.Name.Local != "iq" {
-				continue
-			}
-			var iq fakeIQ
-			if err := d.DecodeElement(&iq, &start); err != nil {
-				return
-			}
-			var op, max string
-			switch {
-			case iq.PubSub.Publish != nil:
-				op = "publish"
-				if iq.PubSub.Options != nil {
-					max = maxItemsOf(iq.PubSub.Options.Fields)
-				}
-			case iq.PubSub.Configure != nil:
-				op, max = "configure", maxItemsOf(iq.PubSub.Configure.Fields)
-			}
-			log = append(log, op+" "+max)
-			resp := fmt.Sprintf(`<iq type='result' id='%s'/>`, iq.ID)
-			if cond := reply(op, max); cond != "" {
-				resp = fmt.Sprintf(`<iq type='error' id='%s'><error type='cancel'>%s</error></iq>`, iq.ID, cond)
-			}
-			if _, err := io.WriteString(server, resp); err != nil {
-				return
-			}
+		log = append(log, op+" "+max)
+		if cond := reply(op, max); cond != "" {
+			return fmt.Sprintf(`<iq type='error' id='%s'><error type='cancel'>%s</error></iq>`, iq.ID, cond)
 		}
-	}()
-
-	negotiate := func(ctx context.Context, in, out *stream.Info, s *xmpp.Session, data interface{}) (xmpp.SessionState, io.ReadWriter, interface{}, error) {
-		r := s.TokenReader()
-		defer r.Close()
-		_, err := r.Token() // the server's stream header
-		return xmpp.Ready, nil, nil, err
-	}
-	// The context is cancelled only after the session is gone: mellium
-	// v0.23.0 watches it in a goroutine that may still set a deadline on
-	// the connection after NewSession returned (see prosodytest.Dial).
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	t.Cleanup(cancel)
-	s, err := xmpp.NewSession(ctx, jid.MustParse("localhost"), jid.MustParse("alice@localhost/r"), client, 0, negotiate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = s.Serve(nil)
-	}()
-	t.Cleanup(func() {
-		_ = client.Close()
-		_ = server.Close()
-		<-served
-		<-done
+		return fmt.Sprintf(`<iq type='result' id='%s'/>`, iq.ID)
 	})
 	return s, &log
 }
