@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 
 	"mellium.im/omemo/internal/xeddsa"
 )
@@ -259,18 +258,35 @@ func Active(cfg *Config, identityPriv [32]byte, b *Bundle, rand io.Reader) (Resu
 // first message to a converse device would be lost once in a hundred times.
 // Avoiding the id costs nothing: the choice stays uniform among the others.
 func choosePreKey(rand io.Reader, pks []PublicPreKey) (int, error) {
-	zero := slices.IndexFunc(pks, func(pk PublicPreKey) bool { return pk.ID == 0 })
-	if zero < 0 || len(pks) == 1 {
+	// A received bundle may list id 0 more than once: leave out every copy.
+	others := len(pks) - countZeroIDs(pks)
+	if others == 0 {
 		return uniformIndex(rand, len(pks))
 	}
-	idx, err := uniformIndex(rand, len(pks)-1)
+	k, err := uniformIndex(rand, others)
 	if err != nil {
 		return 0, err
 	}
-	if idx >= zero {
-		idx++
+	for i, pk := range pks {
+		if pk.ID == 0 {
+			continue
+		}
+		if k == 0 {
+			return i, nil
+		}
+		k--
 	}
-	return idx, nil
+	panic("unreachable")
+}
+
+func countZeroIDs(pks []PublicPreKey) int {
+	n := 0
+	for _, pk := range pks {
+		if pk.ID == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // ActiveWith is the deterministic core of Active: it performs the same checks

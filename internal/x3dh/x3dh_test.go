@@ -1079,6 +1079,17 @@ func TestPreKeyZeroAvoided(t *testing.T) {
 			t.Errorf("pre key %d chosen %d/3000 times", id, c)
 		}
 	}
+	// Every copy of id 0 is left out (a received bundle may repeat it).
+	twice := []PublicPreKey{{ID: 0}, {ID: 3}, {ID: 0}, {ID: 4}}
+	for v := range 4 {
+		idx, err := choosePreKey(bytes.NewReader([]byte{0, 0, 0, byte(v)}), twice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []uint32{3, 4}[v%2]; twice[idx].ID != want {
+			t.Errorf("id 0 twice, draw %d: pre key %d, want %d", v, twice[idx].ID, want)
+		}
+	}
 	// The only pre key is used even if its id is 0 (TestKeyIDZero runs the
 	// whole exchange).
 	if idx, err := choosePreKey(bytes.NewReader([]byte{0xff, 0xff, 0xff, 0xff}), []PublicPreKey{{ID: 0}}); err != nil || idx != 0 {
